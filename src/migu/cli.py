@@ -1,0 +1,97 @@
+"""The ``migu`` command: run, list, show (thin: the work lives in the library)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("migu")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner.config import load_config
+    from .runner.run import run
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    results = run(config, out, data_root=args.data)
+    from .runner.results import format_results
+
+    print(format_results(results))
+    print(f"\nrun directory: {out}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "tasks":
+        from .benchmarks import list_tasks
+
+        for spec in list_tasks():
+            print(f"{spec.name:10s} {spec.category:8s} {spec.instruction}")
+    elif args.what == "orders":
+        from .benchmarks import list_orders
+
+        for order in list_orders():
+            print(f"{order.name:15s} {' '.join(order.tasks)}\n{'':15s} {order.description}")
+    else:
+        from .methods import list_methods
+
+        for line in list_methods(with_migu=True):
+            print(line)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .runner.results import format_results, load_results
+
+    for d in args.run_dirs:
+        print(format_results(load_results(d)))
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="migu", description="MIGU continual learning for language models")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train a model through a task order and write a run directory")
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 migu.threshold=0.5")
+    p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>); re-running resumes")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("list", help="list registered tasks, task orders or CL methods")
+    p.add_argument("what", choices=["tasks", "orders", "methods"])
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("show", help="print the accuracy matrix and metrics of finished runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.set_defaults(func=_cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("transformers", "accelerate", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        # Bad input: one clear line, no traceback (ConfigError and DataError are ValueErrors).
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        log.error("%s", msg)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Continual-learning metrics: pure functions on an accuracy matrix.
+
+``R[i][j]`` is the accuracy on task j after training on tasks 0..i (rows: training stage,
+columns: evaluated task, both in the run's order). Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Matrix = Sequence[Sequence[float]]
+
+
+def _check_square(r: Matrix) -> int:
+    n = len(r)
+    if n == 0 or any(len(row) != n for row in r):
+        raise ValueError(f"accuracy matrix must be square and non-empty, got shape {[len(row) for row in r]}")
+    return n
+
+
+def average_accuracy(r: Matrix) -> float:
+    """ACC: mean of the last row over all tasks (the paper's metric; per-task, not per-sample)."""
+    n = _check_square(r)
+    return sum(r[n - 1]) / n
+
+
+def backward_transfer(r: Matrix) -> float:
+    """BWT = mean over j < T-1 of R[T-1][j] - R[j][j] (negative = forgetting); 0 for one task."""
+    n = _check_square(r)
+    if n < 2:
+        return 0.0
+    return sum(r[n - 1][j] - r[j][j] for j in range(n - 1)) / (n - 1)
+
+
+def forward_transfer(r: Matrix, baseline: Sequence[float]) -> float:
+    """FWT = mean over j >= 1 of R[j-1][j] - b_j, with b the untrained model's accuracies."""
+    n = _check_square(r)
+    if len(baseline) != n:
+        raise ValueError(f"baseline has {len(baseline)} entries for {n} tasks")
+    if n < 2:
+        return 0.0
+    return sum(r[j - 1][j] - baseline[j] for j in range(1, n)) / (n - 1)
+
+
+def average_forgetting(r: Matrix) -> float:
+    """Mean over j < T-1 of max_{l in [j, T-2]} R[l][j] - R[T-1][j] (Chaudhry et al. 2018)."""
+    n = _check_square(r)
+    if n < 2:
+        return 0.0
+    return sum(max(r[i][j] for i in range(j, n - 1)) - r[n - 1][j] for j in range(n - 1)) / (n - 1)
+
+
+def accuracy(predictions: Sequence[str], labels: Sequence[str]) -> float:
+    """Exact-match accuracy of predicted label strings."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if not labels:
+        raise ValueError("accuracy of an empty set is undefined")
+    return sum(p == g for p, g in zip(predictions, labels, strict=True)) / len(labels)
+
+
+def macro_f1(
+    predictions: Sequence[str], labels: Sequence[str], classes: Sequence[str] | None = None
+) -> float:
+    """Macro-F1 over ``classes`` (default: the gold labels seen); an off-label prediction is a miss."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    classes = list(classes) if classes is not None else sorted(set(labels))
+    if not classes:
+        raise ValueError("macro-F1 needs at least one class")
+    f1s = []
+    for c in classes:
+        tp = sum(p == c and g == c for p, g in zip(predictions, labels, strict=True))
+        fp = sum(p == c and g != c for p, g in zip(predictions, labels, strict=True))
+        fn = sum(p != c and g == c for p, g in zip(predictions, labels, strict=True))
+        denom = 2 * tp + fp + fn
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return sum(f1s) / len(f1s)
+
+
+def summarize(r: Matrix, baseline: Sequence[float] | None = None) -> dict[str, float | None]:
+    """All matrix metrics in one dict (FWT is None without a baseline)."""
+    return {
+        "acc": average_accuracy(r),
+        "bwt": backward_transfer(r),
+        "fwt": forward_transfer(r, baseline) if baseline is not None else None,
+        "forgetting": average_forgetting(r),
+    }

@@ -1,0 +1,113 @@
+"""Per-task checkpoints (safetensors + JSON) written atomically, and the run state for resume.
+
+Layout of a run directory::
+
+    run_state.json                 # completed tasks, accuracy rows so far, config hash
+    checkpoints/task_03/model.safetensors
+    checkpoints/task_03/method_state.json
+
+A checkpoint directory is written under a temporary name and renamed into place, and
+``run_state.json`` is replaced atomically after it, so a run killed at any moment resumes from
+the last task whose checkpoint is complete. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "run_state.json"
+CKPT_DIR = "checkpoints"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory and os.replace: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
+    relevant = {k: v for k, v in config.items() if k not in ("data_root", "keep_checkpoints", "tensorboard")}
+    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("log_every",)}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def task_dir(run_dir: Path, task_index: int) -> Path:
+    return run_dir / CKPT_DIR / f"task_{task_index:02d}"
+
+
+def save_checkpoint(run_dir: Path, task_index: int, model: nn.Module, method_state: dict[str, Any]) -> Path:
+    """Save the model after ``task_index`` under a temp name, then rename into place."""
+    final = task_dir(run_dir, task_index)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
+    (tmp / "method_state.json").write_text(json.dumps(method_state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def load_checkpoint(run_dir: Path, task_index: int, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` (strict) and return the method state saved beside them."""
+    d = task_dir(run_dir, task_index)
+    weights = d / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint missing: {weights}")
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{weights} does not match the model built from the config: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return json.loads((d / "method_state.json").read_text())
+
+
+def prune_checkpoints(run_dir: Path, keep_index: int) -> None:
+    """Remove task checkpoints older than ``keep_index`` (and stale temp dirs)."""
+    root = run_dir / CKPT_DIR
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        if d.name.endswith(".tmp"):
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        if d.name.startswith("task_") and d.name[5:].isdigit() and int(d.name[5:]) < keep_index:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"{path} is corrupt ({exc}); move the run directory aside to start over") from exc
+
+
+def write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=1))

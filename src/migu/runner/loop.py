@@ -1,0 +1,161 @@
+"""The training loop for one task, on Accelerate's public API, and the evaluation of a task list.
+
+One optimizer step is: forward + backward of ``grad_accum`` micro-batches -> ``masker.apply()``
+(MIGU masks the accumulated gradient) -> gradient clipping -> ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..engine import MIGUConfig, attach
+from ..methods.base import CLMethod
+from ..metrics import accuracy, macro_f1
+
+log = logging.getLogger(__name__)
+
+_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+@dataclass
+class TaskTrainResult:
+    steps: int
+    seconds: float
+    final_loss: float
+    loss_terms: dict[str, float]
+
+
+def train_task(
+    accelerator: Accelerator,
+    model: nn.Module,
+    family: Any,
+    method: CLMethod,
+    examples: Sequence[Any],
+    task_index: int,
+    task_name: str,
+    train_cfg: Any,
+    seed: int,
+    migu_config: MIGUConfig | None,
+) -> TaskTrainResult:
+    """Train ``model`` on one task's examples; returns step count, time and the last losses."""
+    set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
+    loader = DataLoader(
+        list(examples),
+        batch_size=train_cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=family.collate,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError(f"method {method.name!r} left no trainable parameters for task {task_name!r}")
+    optimizer = torch.optim.AdamW(
+        params, lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay
+    )
+    masker = attach(model, migu_config, optimizer) if migu_config is not None else None
+    if masker is not None:
+        masker.task_index = task_index
+    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total = math.ceil(train_cfg.epochs * math.ceil(len(loader) / train_cfg.grad_accum))
+    if train_cfg.max_steps_per_task is not None:
+        total = min(total, train_cfg.max_steps_per_task)
+    scheduler = get_scheduler(
+        _SCHEDULES[train_cfg.schedule],
+        optimizer,
+        num_warmup_steps=int(train_cfg.warmup_ratio * total) * accelerator.num_processes,
+        num_training_steps=total * accelerator.num_processes,
+    )
+    scheduler = accelerator.prepare(scheduler)
+
+    wrapped.train()
+    step, micro, start = 0, 0, time.perf_counter()
+    running = torch.zeros((), device=accelerator.device)  # loss summed on device: no per-step sync
+    running_terms: dict[str, torch.Tensor] = {}
+    last_loss, last_terms = float("nan"), {}
+    bar = tqdm(
+        total=total, desc=f"task {task_index + 1} {task_name}", disable=not accelerator.is_local_main_process
+    )
+    while step < total:
+        for batch in loader:
+            with accelerator.accumulate(wrapped):
+                loss = family.loss(wrapped, batch)
+                terms = method.loss_terms(model, task_index)
+                total_loss = loss + sum(terms.values()) if terms else loss
+                accelerator.backward(total_loss)
+                running += loss.detach().float()
+                micro += 1
+                for k, v in terms.items():
+                    running_terms[k] = running_terms.get(k, 0) + v.detach().float()
+                if accelerator.sync_gradients:
+                    if masker is not None:
+                        masker.apply()  # MIGU: keep only the top-magnitude rows' gradients
+                    if train_cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    bar.update(1)
+                    if step % train_cfg.log_every == 0 or step == total:
+                        n = max(micro, 1)
+                        last_loss = running.item() / n  # host sync only at log time
+                        last_terms = {k: float(v) / n for k, v in running_terms.items()}
+                        bar.set_postfix(
+                            loss=f"{last_loss:.4f}", **{k: f"{v:.3g}" for k, v in last_terms.items()}
+                        )
+                        accelerator.log(
+                            {
+                                f"train/{task_name}/loss": last_loss,
+                                **{f"train/{task_name}/{k}": v for k, v in last_terms.items()},
+                            },
+                            step=step,
+                        )
+                        running.zero_()
+                        running_terms, micro = {}, 0
+            if step >= total:
+                break
+    bar.close()
+    if masker is not None:
+        masker.detach()
+    # Undo this task's wrapping (DDP, autocast forward) and drop the optimizer/dataloader references:
+    # the next task prepares afresh (IncLoRA adds parameters between tasks).
+    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    accelerator.free_memory()
+    seconds = time.perf_counter() - start
+    log.info(
+        "task %d %s: %d steps in %.1fs, loss %.4f %s",
+        task_index + 1,
+        task_name,
+        step,
+        seconds,
+        last_loss,
+        last_terms or "",
+    )
+    return TaskTrainResult(steps=step, seconds=seconds, final_loss=last_loss, loss_terms=last_terms)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, family: Any, tasks: Sequence[Any], batch_size: int, desc: str = "eval"
+) -> tuple[list[float], list[float]]:
+    """Accuracy and macro-F1 of ``model`` on every task's test rows, in order."""
+    accs, f1s = [], []
+    for task in tqdm(tasks, desc=desc, leave=False):
+        preds = family.predict(model, task.test, batch_size=batch_size)
+        gold = [ex.label for ex in task.test]
+        accs.append(accuracy(preds, gold))
+        f1s.append(macro_f1(preds, gold, classes=list(task.labels)))
+    return accs, f1s

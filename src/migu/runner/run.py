@@ -1,0 +1,268 @@
+"""One continual-learning run: validate everything, then train through the order, evaluating all
+tasks after each one, checkpointing, and resuming from the last finished task when re-run."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..benchmarks import get_order, load_tasks, resolve_data_root
+from ..engine import MIGUConfig
+from ..methods import get_method
+from ..metrics import summarize
+from ..models import ModelConfig, build_family
+from . import checkpoint as ckpt
+from .config import ConfigError, RunConfig, config_to_yaml
+from .loop import evaluate, train_task
+from .results import write_results
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, built and validated before any training starts."""
+
+    config: RunConfig
+    run_dir: Path
+    task_names: list[str]
+    tasks: list[Any]  # TaskData, in order
+    model_config: ModelConfig
+    method: Any
+    migu: MIGUConfig | None
+    resolved: dict[str, Any]
+
+
+def resolve_migu(config: RunConfig, default_threshold: float) -> MIGUConfig | None:
+    """``migu: null`` = off; a mapping = MIGUConfig fields, threshold defaulting to the method's."""
+    if config.migu is None:
+        return None
+    fields = dict(config.migu)
+    fields.setdefault("threshold", default_threshold)
+    try:
+        return MIGUConfig.from_dict(fields)
+    except ValueError as exc:
+        raise ConfigError(f"migu: {exc}") from exc
+
+
+def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> Plan:
+    """Resolve and validate config, data, model and method (reads all data; trains nothing)."""
+    task_names = list(get_order(config.order).tasks) if config.order else list(config.tasks or [])
+    try:
+        method = get_method(config.method.name, **config.method.options)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"method: {exc}") from exc
+    migu_cfg = resolve_migu(config, method.default_threshold)
+    try:
+        model_config = ModelConfig(**config.model)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from exc
+    root = resolve_data_root(data_root or config.data_root)
+    d = config.data
+    tasks_by_name = load_tasks(
+        task_names,
+        root,
+        train_n=d.train_n,
+        test_n=d.test_n,
+        seed=config.seed,
+        eval_split=d.eval_split,
+        keep_unlabeled=d.keep_unlabeled,
+        per_task=d.per_task,
+    )
+    resolved = config.to_dict()
+    resolved["data_root"] = str(root)
+    resolved["migu"] = migu_cfg.to_dict() if migu_cfg is not None else None
+    resolved["task_names"] = task_names
+    return Plan(
+        config,
+        Path(run_dir),
+        task_names,
+        [tasks_by_name[n] for n in task_names],
+        model_config,
+        method,
+        migu_cfg,
+        resolved,
+    )
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("migu", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _label_space(tasks: list[Any]) -> list[str]:
+    """Union of every task's label strings, in order of first appearance (one shared head)."""
+    seen: dict[str, None] = {}
+    for t in tasks:
+        for label in t.labels:
+            seen.setdefault(label, None)
+    return list(seen)
+
+
+def _check_run_dir(plan: Plan) -> dict[str, Any] | None:
+    """Existing state to resume from, or None for a fresh run; refuses to mix two configs."""
+    state = ckpt.read_state(plan.run_dir)
+    digest = ckpt.config_hash(plan.resolved)
+    if state is None:
+        if plan.run_dir.exists() and any(p.name not in ("run.log",) for p in plan.run_dir.iterdir()):
+            raise ConfigError(
+                f"{plan.run_dir} exists and is not a migu run directory (no {ckpt.STATE_FILE}); "
+                "choose another --out"
+            )
+        return None
+    if state.get("config_hash") != digest:
+        raise ConfigError(
+            f"{plan.run_dir} holds a run with a different config "
+            f"(hash {state.get('config_hash')} != {digest}); use another --out to start a new run "
+            "(nothing was changed)"
+        )
+    return state
+
+
+def _task_seed(seed: int, task_index: int) -> int:
+    return seed * 1000 + task_index
+
+
+def execute(plan: Plan) -> dict[str, Any]:
+    """Train through the order (resuming if the run dir holds a partial run); write results."""
+    state = _check_run_dir(plan)
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("migu").addHandler(handler)
+    try:
+        return _execute(plan, state)
+    finally:
+        logging.getLogger("migu").removeHandler(handler)
+        handler.close()
+
+
+def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
+    cfg, run_dir, tasks, method = plan.config, plan.run_dir, plan.tasks, plan.method
+    ckpt.atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with="tensorboard" if cfg.tensorboard else None,
+        project_dir=str(run_dir),
+    )
+    if cfg.tensorboard:
+        accelerator.init_trackers("tb")
+    set_seed(cfg.seed)
+    family = build_family(plan.model_config, _label_space(tasks))
+    model = method.prepare_model(family.model, family.spec)
+    model.to(accelerator.device)
+
+    if state is None:
+        state = {
+            "config_hash": ckpt.config_hash(plan.resolved),
+            "completed": 0,
+            "matrix": [],
+            "f1": [],
+            "baseline": None,
+            "baseline_f1": None,
+            "timings": [],
+            "wall_seconds": 0.0,
+        }
+        if cfg.eval_baseline:
+            state["baseline"], state["baseline_f1"] = evaluate(
+                model, family, tasks, cfg.train.eval_batch_size, desc="eval untrained"
+            )
+        ckpt.write_state(run_dir, state)
+    else:
+        done = state["completed"]
+        log.info("resuming %s after task %d of %d", run_dir, done, len(tasks))
+        for i in range(done):  # rebuild the method's structure (adapters, buffers) without training
+            method.on_task_start(model, i, tasks[i].name)
+            method.on_task_end(model, i, tasks[i].name, tasks[i].train)
+        if done:
+            method.load_state_dict(ckpt.load_checkpoint(run_dir, done - 1, model))
+
+    start = time.perf_counter()
+    for i in range(state["completed"], len(tasks)):
+        task = tasks[i]
+        seed = _task_seed(cfg.seed, i)
+        method.on_task_start(model, i, task.name)
+        examples = method.training_examples(i, task.train, random.Random(seed))
+        result = train_task(
+            accelerator, model, family, method, examples, i, task.name, cfg.train, seed, plan.migu
+        )
+        method.on_task_end(model, i, task.name, task.train)
+        t0 = time.perf_counter()
+        accs, f1s = evaluate(model, family, tasks, cfg.train.eval_batch_size, desc=f"eval after {task.name}")
+        log.info(
+            "after %s: %s",
+            task.name,
+            " ".join(f"{t.name}={100 * a:.1f}" for t, a in zip(tasks, accs, strict=True)),
+        )
+        if accelerator.is_main_process:
+            ckpt.save_checkpoint(run_dir, i, accelerator.unwrap_model(model), method.state_dict())
+        state["matrix"].append(accs)
+        state["f1"].append(f1s)
+        state["timings"].append(
+            {
+                "task": task.name,
+                "train_seconds": result.seconds,
+                "steps": result.steps,
+                "train_rows": len(examples),
+                "eval_seconds": time.perf_counter() - t0,
+                "final_loss": result.final_loss,
+                "loss_terms": result.loss_terms,
+            }
+        )
+        state["completed"] = i + 1
+        state["wall_seconds"] += time.perf_counter() - start
+        start = time.perf_counter()
+        if accelerator.is_main_process:
+            ckpt.write_state(run_dir, state)
+            if not cfg.keep_checkpoints:
+                ckpt.prune_checkpoints(run_dir, i)
+    accelerator.end_training()
+    results = build_results(plan, state)
+    if accelerator.is_main_process:
+        write_results(run_dir, results)
+    return results
+
+
+def build_results(plan: Plan, state: dict[str, Any]) -> dict[str, Any]:
+    """results.json content from the run state."""
+    complete = state["completed"] == len(plan.tasks)
+    return {
+        "name": plan.config.name,
+        "method": plan.method.name,
+        "migu": plan.resolved["migu"],
+        "seed": plan.config.seed,
+        "tasks": plan.task_names,
+        "complete": complete,
+        "matrix": state["matrix"],
+        "f1_matrix": state["f1"],
+        "baseline": state["baseline"],
+        "baseline_f1": state["baseline_f1"],
+        "metrics": summarize(state["matrix"], state["baseline"]) if complete else {},
+        "final_macro_f1": state["f1"][-1] if complete else None,
+        "per_task": {t.name: t.info for t in plan.tasks},
+        "timings": state["timings"],
+        "wall_seconds": state["wall_seconds"],
+        "versions": _versions(),
+        "config": plan.resolved,
+    }
+
+
+def run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Plan (validate all inputs) then execute; the library entry point behind ``migu run``."""
+    return execute(plan_run(config, run_dir, data_root))
