@@ -53,6 +53,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .runner.sweep import run_sweep
+
+    summary = run_sweep(args.sweep, out=args.out, data_root=args.data, overrides=args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / summary["name"]
+    print((out / "summary.md").read_text())
+    print(f"sweep directory: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migu", description="MIGU continual learning for language models")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -64,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
     p.add_argument("--out", help="run directory (default: runs/<config name>); re-running resumes")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="run a grid of configs (methods x MIGU x seeds ...) and summarise it")
+    p.add_argument("sweep", help="YAML sweep file (see configs/sweeps/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell")
+    p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
+    p.add_argument("--out", help="sweep directory (default: runs/<sweep name>); re-running resumes")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("list", help="list registered tasks, task orders or CL methods")
     p.add_argument("what", choices=["tasks", "orders", "methods"])

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,8 +178,6 @@ def _cap(requested: int | None, available: int, role: str, task: str, capped: li
     """How many rows to take; a request above ``available`` is capped, warned and recorded."""
     if requested is None:
         return available
-    if requested < 0:
-        raise DataError(f"task {task!r}: {role}_n must be >= 0 or None, got {requested}")
     if requested > available:
         logger.warning(
             "task %s: %s_n=%d requested but only %d rows available; using %d",
@@ -224,7 +222,7 @@ def _check_files(spec: TaskSpec, root: Path, eval_split: str) -> list[str]:
         return [str(err)]
     if not task_dir.is_dir():
         return [f"task {spec.name!r}: data directory {task_dir} not found"]
-    problems = []
+    problems: list[str] = []
     if not (task_dir / "labels.json").is_file():
         problems.append(f"task {spec.name!r}: {task_dir / 'labels.json'} not found")
     if not (task_dir / "train.json").is_file() and not (task_dir / f"{eval_split}.json").is_file():
@@ -309,6 +307,9 @@ def load_task(
     spec = get_task(name)
     if eval_split not in ("test", "dev"):
         raise DataError(f"eval_split must be 'test' or 'dev', got {eval_split!r}")
+    for arg, value in (("train_n", train_n), ("test_n", test_n)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DataError(f"task {name!r}: {arg} must be a positive int or None, got {value!r}")
     if not 0.0 < eval_fraction < 1.0:
         raise DataError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     data_root = resolve_data_root(root)
@@ -464,15 +465,30 @@ def load_task(
 
 
 def load_tasks(
-    names: Iterable[str], root: str | os.PathLike[str] | None, **kwargs: Any
+    names: Iterable[str],
+    root: str | os.PathLike[str] | None,
+    *,
+    per_task: Mapping[str, Mapping[str, Any]] | None = None,
+    **kwargs: Any,
 ) -> dict[str, TaskData]:
-    """Load several tasks (keyword arguments as :func:`load_task`), in the given order.
+    """Load several tasks (keyword arguments as :func:`load_task`), keyed and ordered by name.
 
-    Every task's files are checked before any is read, and all problems are reported in one
-    DataError, so a run fails before training starts rather than at task 9 of 15.
+    ``per_task`` overrides ``train_n``/``test_n`` for single tasks, e.g. ``{"cb": {"test_n":
+    None}}``. Every task's files are checked before any is read, and all problems are reported
+    in one DataError, so a run fails before training starts rather than at task 9 of 15.
     """
-    names = list(names)
     specs = [get_task(n) for n in names]
+    overrides: dict[str, dict[str, Any]] = {}
+    for task, opts in (per_task or {}).items():
+        bad = set(opts) - {"train_n", "test_n"}
+        if bad:
+            raise DataError(
+                f"per_task[{task!r}]: only train_n and test_n can be set per task, not {sorted(bad)}"
+            )
+        overrides[get_task(task).name] = dict(opts)  # unknown names fail here, with suggestions
+    unused = set(overrides) - {s.name for s in specs}
+    if unused:
+        logger.info("per_task settings for %s ignored: not in this task list", sorted(unused))
     data_root = resolve_data_root(root)
     eval_split = kwargs.get("eval_split", "test")
     problems = [p for spec in specs for p in _check_files(spec, data_root, eval_split)]
@@ -481,4 +497,7 @@ def load_tasks(
             f"{len(problems)} problem(s) with the benchmark data under {data_root}:\n  - "
             + "\n  - ".join(problems)
         )
-    return {spec.name: load_task(spec.name, data_root, **kwargs) for spec in specs}
+    return {
+        spec.name: load_task(spec.name, data_root, **{**kwargs, **overrides.get(spec.name, {})})
+        for spec in specs
+    }

@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no object construction), numbers like 1e-4 included."""
+    return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
 
 
 class ConfigError(ValueError):
@@ -143,6 +167,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'config'}: {exc}") from exc
 
 
+def build_run_config(data: dict[str, Any]) -> RunConfig:
+    """A validated RunConfig from a plain mapping (unknown keys and bad values are ConfigErrors)."""
+    return _build(RunConfig, data, "")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (['a','b','c'], YAML-parsed value)."""
     if "=" not in text:
@@ -151,7 +180,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = yaml_load(raw) if raw != "" else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
     return key.split("."), value
@@ -188,7 +217,7 @@ def read_yaml_config(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ())
     if p in _seen:
         raise ConfigError(f"{p}: 'base' includes form a cycle")
     try:
-        loaded = yaml.safe_load(p.read_text())
+        loaded = yaml_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
     if loaded is None:
@@ -208,7 +237,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
     data = read_yaml_config(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     try:
-        return _build(RunConfig, data, "")
+        return build_run_config(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
 
