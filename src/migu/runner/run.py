@@ -21,7 +21,7 @@ from ..methods import get_method
 from ..metrics import summarize
 from ..models import ModelConfig, build_family
 from . import checkpoint as ckpt
-from .config import ConfigError, RunConfig, config_to_yaml
+from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
 from .loop import evaluate, train_task
 from .results import write_results
 
@@ -113,6 +113,44 @@ def _label_space(tasks: list[Any]) -> list[str]:
     return list(seen)
 
 
+def build_model(plan: Plan) -> tuple[Any, Any]:
+    """The model family and the method-prepared model, seeded (identical on every rebuild)."""
+    set_seed(plan.config.seed)
+    family = build_family(plan.model_config, _label_space(plan.tasks))
+    return family, plan.method.prepare_model(family.model, family.spec)
+
+
+def load_task_checkpoint(plan: Plan, model: Any, task_index: int) -> None:
+    """Rebuild the method's structure up to ``task_index`` (adapters, buffers) without training,
+    then load the weights and method state saved after that task."""
+    for i in range(task_index + 1):
+        plan.method.on_task_start(model, i, plan.tasks[i].name)
+        plan.method.on_task_end(model, i, plan.tasks[i].name, plan.tasks[i].train)
+    plan.method.load_state_dict(ckpt.load_checkpoint(plan.run_dir, task_index, model))
+
+
+def restore_run(
+    run_dir: str | Path, task_index: int, data_root: str | Path | None = None
+) -> tuple[Plan, Any, Any]:
+    """(plan, family, model) of a finished run's model after ``task_index`` (for analyses).
+
+    Needs that task's checkpoint (runs keep every task's with ``keep_checkpoints: true``).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: not a migu run directory")
+    data = yaml_load(path.read_text())
+    data.pop("task_names", None)
+    plan = plan_run(build_run_config(data), run_dir, data_root)
+    if not 0 <= task_index < len(plan.tasks):
+        raise ValueError(f"task_index {task_index} out of range for {len(plan.tasks)} tasks")
+    family, model = build_model(plan)
+    model.eval()
+    load_task_checkpoint(plan, model, task_index)
+    return plan, family, model
+
+
 def _check_run_dir(plan: Plan) -> dict[str, Any] | None:
     """Existing state to resume from, or None for a fresh run; refuses to mix two configs."""
     state = ckpt.read_state(plan.run_dir)
@@ -163,9 +201,7 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
     )
     if cfg.tensorboard:
         accelerator.init_trackers("tb")
-    set_seed(cfg.seed)
-    family = build_family(plan.model_config, _label_space(tasks))
-    model = method.prepare_model(family.model, family.spec)
+    family, model = build_model(plan)
     model.to(accelerator.device)
 
     if state is None:
@@ -187,11 +223,8 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
     else:
         done = state["completed"]
         log.info("resuming %s after task %d of %d", run_dir, done, len(tasks))
-        for i in range(done):  # rebuild the method's structure (adapters, buffers) without training
-            method.on_task_start(model, i, tasks[i].name)
-            method.on_task_end(model, i, tasks[i].name, tasks[i].train)
         if done:
-            method.load_state_dict(ckpt.load_checkpoint(run_dir, done - 1, model))
+            load_task_checkpoint(plan, model, done - 1)
 
     start = time.perf_counter()
     for i in range(state["completed"], len(tasks)):
