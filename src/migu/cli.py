@@ -27,20 +27,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "tasks":
-        from .benchmarks import list_tasks
+        from .benchmarks import get_task, list_tasks
 
-        for spec in list_tasks():
-            print(f"{spec.name:10s} {spec.category:8s} {spec.instruction}")
+        for name in list_tasks():
+            spec = get_task(name)
+            text = spec.instruction or "(the sentence carries its own question)"
+            if spec.kind == "das":
+                text = "DAS continual pre-training corpus (MLM; not part of CL_Benchmark)"
+            print(f"{spec.name:10s} {spec.category:8s} {text}")
     elif args.what == "orders":
-        from .benchmarks import list_orders
+        from .benchmarks import get_order, list_orders
 
-        for order in list_orders():
+        for name in list_orders():
+            order = get_order(name)
             print(f"{order.name:15s} {' '.join(order.tasks)}\n{'':15s} {order.description}")
     else:
-        from .methods import list_methods
+        from .methods import get_method_class, list_methods
 
-        for line in list_methods(with_migu=True):
-            print(line)
+        for name in list_methods():
+            cls = get_method_class(name)
+            print(f"{name:22s} {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
+            print(f"{name + '+migu':22s} {name} with MIGU (default threshold {cls.default_threshold})")
     return 0
 
 

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
+from real_data import REAL_ROOT
 
 from migu.benchmarks import DataError, get_order, load_task, load_tasks
-
-
-def _real_root() -> Path | None:
-    env = os.environ.get("MIGU_DATA", "").strip()
-    candidates = [Path(env)] if env else []
-    # tests/benchmarks/<this file> -> repo root is parents[2]; the shared data sits beside it.
-    candidates.append(Path(__file__).resolve().parents[2] / "../shared/data/CL_Benchmark")
-    return next((p.resolve() for p in candidates if p.is_dir()), None)
-
-
-REAL_ROOT = _real_root()
 
 
 @pytest.mark.skipif(

@@ -1,0 +1,78 @@
+"""Fixtures for runner tests: a small generated CL_Benchmark and tiny run configs (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from models_testlib import TINY
+
+from migu.runner.config import RunConfig, build_run_config
+
+AG_LABELS = ["World", "Sports", "Business", "Science or Technology"]
+AMAZON_LABELS = ["very negative", "negative", "neutral", "positive", "very positive"]
+# One keyword per label: a tiny model can learn these in a few steps.
+KEYWORDS = {
+    "World": "summit",
+    "Sports": "goal",
+    "Business": "shares",
+    "Science or Technology": "chip",
+    "very negative": "awful",
+    "negative": "bad",
+    "neutral": "okay",
+    "positive": "good",
+    "very positive": "superb",
+}
+
+
+def _rows(prefix: str, n: int, labels: list[str]) -> list[dict[str, str]]:
+    return [
+        {
+            "sentence": f"{prefix} {i} {KEYWORDS[labels[i % len(labels)]]} text",
+            "label": labels[i % len(labels)],
+        }
+        for i in range(n)
+    ]
+
+
+def write_benchmark(root: Path, n_train: int = 48, n_test: int = 24) -> Path:
+    """agnews (TC/agnews) and amazon (SC/amazon) in CL_Benchmark layout."""
+    for rel, labels in (("TC/agnews", AG_LABELS), ("SC/amazon", AMAZON_LABELS)):
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "labels.json").write_text(json.dumps(labels))
+        (d / "train.json").write_text(json.dumps(_rows(f"{rel} train", n_train, labels)))
+        (d / "test.json").write_text(json.dumps(_rows(f"{rel} test", n_test, labels)))
+    return root
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Path:
+    return write_benchmark(tmp_path / "CL_Benchmark")
+
+
+def tiny_run_config(data_root: Path, kind: str = "bert", **overrides: Any) -> RunConfig:
+    """Two tasks, 32 train / 16 test rows, a tiny random model of ``kind``; dotted-free overrides."""
+    data: dict[str, Any] = {
+        "name": f"tiny_{kind}",
+        "seed": 7,
+        "tasks": ["agnews", "amazon"],
+        "data_root": str(data_root),
+        "data": {"train_n": 32, "test_n": 16},
+        "model": {"name": "minilm", "random_init": dict(TINY[kind]), "max_length": 48},
+        "method": {"name": "ft"},
+        "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 2},
+    }
+    for key, value in overrides.items():
+        data[key] = (
+            {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        )
+    return build_run_config(data)
+
+
+@pytest.fixture
+def tiny_config(bench: Path) -> Callable[..., RunConfig]:
+    return lambda kind="bert", **kw: tiny_run_config(bench, kind, **kw)
