@@ -72,7 +72,9 @@ class ExampleLike(Protocol):
     def options(self) -> tuple[str, ...]: ...  # the task's label strings
 
 
-def pad_to_tensor(seqs: Sequence[Sequence[int]], value: int, side: Literal["left", "right"] = "right") -> Tensor:
+def pad_to_tensor(
+    seqs: Sequence[Sequence[int]], value: int, side: Literal["left", "right"] = "right"
+) -> Tensor:
     """Stack ragged id lists into a [B, T] long tensor, padded with ``value`` on ``side``."""
     width = max((len(s) for s in seqs), default=0)
     out = torch.full((len(seqs), width), value, dtype=torch.long)
@@ -142,6 +144,16 @@ def fit_prompt(
     return out
 
 
+def _sentence_span(ex: ExampleLike) -> tuple[int, int] | None:
+    """Char span of the row's sentence in its prompt: the last occurrence before the final "Answer:"
+    (the benchmark puts it after the instruction and options), or None if it is not there."""
+    if not ex.sentence:
+        return None
+    answer = ex.input.rfind("Answer:")
+    start = ex.input.rfind(ex.sentence, 0, answer if answer > 0 else len(ex.input))
+    return (start, start + len(ex.sentence)) if start >= 0 else None
+
+
 class ModelFamily(ABC):
     """One model type's tensors, loss and predictions for instruction-formatted classification."""
 
@@ -203,12 +215,18 @@ class ModelFamily(ABC):
                 if self.config.eval_mode == "generate":
                     return self.generate(model, examples, batch_size)
                 scores = self.option_scores(model, examples, batch_size)
-                return [ex.options[max(range(len(s)), key=s.__getitem__)] for ex, s in zip(examples, scores)]
+                return [
+                    ex.options[max(range(len(s)), key=s.__getitem__)]
+                    for ex, s in zip(examples, scores, strict=True)
+                ]
         finally:
             model.train(was_training)
 
     def encode_prompts(
-        self, examples: Sequence[ExampleLike], keep: Literal["head", "tail"], drop_trailing_special: bool = False
+        self,
+        examples: Sequence[ExampleLike],
+        keep: Literal["head", "tail"],
+        drop_trailing_special: bool = False,
     ) -> list[list[int]]:
         """Token ids of each prompt, fitted to the prompt budget (see :func:`fit_prompt`)."""
         texts = [ex.input for ex in examples]
@@ -229,12 +247,7 @@ class ModelFamily(ABC):
                     special.pop()
                     if offs is not None:
                         offs = offs[: len(ids)]
-            span = None
-            if ex.sentence:
-                start = ex.input.find(ex.sentence)
-                if start >= 0:
-                    span = (start, start + len(ex.sentence))
-            out.append(fit_prompt(ids, special, offs, span, self._prompt_limit, keep))
+            out.append(fit_prompt(ids, special, offs, _sentence_span(ex), self._prompt_limit, keep))
         return out
 
     def check_options(self, examples: Sequence[ExampleLike]) -> None:
@@ -243,4 +256,6 @@ class ModelFamily(ABC):
             if not ex.options:
                 raise ValueError(f"example of task {ex.task!r} has no options")
             if ex.label not in ex.options:
-                raise ValueError(f"label {ex.label!r} of task {ex.task!r} is not among its options {ex.options}")
+                raise ValueError(
+                    f"label {ex.label!r} of task {ex.task!r} is not among its options {ex.options}"
+                )

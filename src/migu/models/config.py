@@ -118,12 +118,12 @@ class ModelConfig:
         _check_choice("eval_mode", self.eval_mode, EVAL_MODES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("pooling", self.pooling, POOLINGS)
-        if self.random_init is not None:
-            if not isinstance(self.random_init, dict) or not isinstance(self.random_init.get("model_type"), str):
-                raise ValueError(
-                    f"random_init must be a dict with a 'model_type' string (AutoConfig.for_model kwargs), "
-                    f"got {self.random_init!r}"
-                )
+        init = self.random_init
+        if init is not None and not (isinstance(init, dict) and isinstance(init.get("model_type"), str)):
+            raise ValueError(
+                "random_init must be a dict with a 'model_type' string (AutoConfig.for_model kwargs), "
+                f"got {init!r}"
+            )
         if self.tokenizer is not None:
             if not isinstance(self.tokenizer, str) or not self.tokenizer.strip():
                 raise ValueError(f"tokenizer must be a non-empty string or None, got {self.tokenizer!r}")
