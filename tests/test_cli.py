@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from models_testlib import TINY
+from models_testlib import tiny_config
 from runner.conftest import write_benchmark
 
 from migu.cli import main
@@ -30,7 +30,7 @@ def _tiny_config(tmp_path: Path) -> Path:
         "name": "cli_tiny",
         "tasks": ["agnews", "amazon"],
         "data": {"train_n": 16, "test_n": 8},
-        "model": {"name": "minilm", "random_init": dict(TINY["bert"]), "max_length": 32},
+        "model": {"name": "minilm", "random_init": tiny_config("bert"), "max_length": 32},
         "train": {"batch_size": 8, "lr": 1e-3},
     }
     path = tmp_path / "tiny.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from models_testlib import TINY
+from models_testlib import tiny_config as tiny_model_init
 
 from migu.runner.config import RunConfig, build_run_config
 
@@ -62,7 +62,7 @@ def tiny_run_config(data_root: Path, kind: str = "bert", **overrides: Any) -> Ru
         "tasks": ["agnews", "amazon"],
         "data_root": str(data_root),
         "data": {"train_n": 32, "test_n": 16},
-        "model": {"name": "minilm", "random_init": dict(TINY[kind]), "max_length": 48},
+        "model": {"name": "minilm", "random_init": tiny_model_init(kind), "max_length": 48},
         "method": {"name": "ft"},
         "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 2},
     }

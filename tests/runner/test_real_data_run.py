@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models_testlib import TINY
+from models_testlib import tiny_config
 from real_data import REAL_ROOT, needs_real_data
 
 from migu.runner.config import build_run_config
@@ -18,7 +18,7 @@ def test_two_real_tasks_through_the_runner(tmp_path: Path) -> None:
             "name": "real_smoke",
             "tasks": ["dbpedia", "agnews"],  # dbpedia's train split is carved out of its test split
             "data": {"train_n": 32, "test_n": 32},
-            "model": {"name": "minilm", "random_init": dict(TINY["bert"]), "max_length": 64},
+            "model": {"name": "minilm", "random_init": tiny_config("bert"), "max_length": 64},
             "migu": {"threshold": 0.7},
             "train": {"batch_size": 16, "lr": 1e-3},
         }
