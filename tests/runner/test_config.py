@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from migu.runner.config import ConfigError, load_config, parse_override
+from migu.runner.sweep import load_sweep
 
 
 def _write(path: Path, text: str) -> Path:
@@ -28,9 +30,11 @@ def test_shipped_configs_load() -> None:
     files = sorted(root.rglob("*.yaml"))
     assert files
     for f in files:
-        if "sweep" in f.parts or f.name.startswith("sweep"):
-            continue
-        load_config(f)
+        if "grid" in yaml.safe_load(f.read_text()):
+            name, cells = load_sweep(f)  # every cell's config validates
+            assert cells and name
+        else:
+            load_config(f)
 
 
 @pytest.mark.parametrize(
@@ -65,3 +69,21 @@ def test_base_cycle(tmp_path: Path) -> None:
     _write(tmp_path / "b.yaml", "base: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_sweep_bundles_and_labels(tmp_path: Path) -> None:
+    _write(tmp_path / "run.yaml", "tasks: [a]\ntrain: {lr: 0.1}\n")
+    sweep = _write(
+        tmp_path / "sw.yaml",
+        "name: s\nbase: run.yaml\ngrid:\n  recipe:\n"
+        "    - {label: ft, method.name: ft, train.lr: 1.0e-4}\n"
+        "    - {label: lora, method.name: lora, train.lr: 1.0e-3}\n"
+        "  migu: [off, on, 0.3]\n",
+    )
+    name, cells = load_sweep(sweep)
+    assert name == "s" and len(cells) == 6
+    by_name = {c.name: c.config for c in cells}
+    assert by_name["recipe-lora_migu-on"]["train"]["lr"] == 1e-3
+    assert by_name["recipe-lora_migu-on"]["method"]["name"] == "lora"
+    assert by_name["recipe-ft_migu-off"]["migu"] is None
+    assert by_name["recipe-ft_migu-threshold0.3"]["migu"] == {"threshold": 0.3}

@@ -145,3 +145,32 @@ def test_generative_families_run(tiny_config: Callable[..., RunConfig], tmp_path
     res = run(tiny_config(kind, migu={"threshold": 0.5}, data={"train_n": 16, "test_n": 8}), tmp_path / kind)
     assert res["complete"] and len(res["matrix"]) == 2
     assert all(0.0 <= v <= 1.0 for row in res["matrix"] for v in row)
+
+
+METHOD_NAMES = ["ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"]
+
+
+@pytest.mark.parametrize("migu_on", [False, True], ids=["base", "migu"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_with_and_without_migu_runs_two_tasks(
+    tiny_config: Callable[..., RunConfig], tmp_path: Path, method: str, migu_on: bool
+) -> None:
+    cfg = tiny_config(
+        method={"name": method, "options": {"r": 4} if "lora" in method else {}},
+        migu={} if migu_on else None,
+        data={"train_n": 16, "test_n": 8},
+        eval_baseline=False,
+    )
+    res = run(cfg, tmp_path / "run")
+    assert res["complete"] and res["method"] == method and len(res["matrix"]) == 2
+    if migu_on:
+        from migu.methods import get_method_class
+
+        assert res["migu"]["threshold"] == get_method_class(method).default_threshold
+    else:
+        assert res["migu"] is None
+    if method == "olora":
+        assert set(res["timings"][1]["loss_terms"]) == {"orth", "l2"}
+    if "replay" in method:
+        # 2% of 16 rows rounds to 1 replayed row from task 1 during task 2.
+        assert res["timings"][1]["train_rows"] == 16 + 1

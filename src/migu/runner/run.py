@@ -17,7 +17,8 @@ from accelerate.utils import set_seed
 
 from ..benchmarks import get_order, load_tasks, resolve_data_root
 from ..engine import MIGUConfig
-from ..methods import get_method
+from ..methods import get_method, get_method_class
+from ..methods._options import option_names
 from ..metrics import summarize
 from ..models import ModelConfig, build_family
 from . import checkpoint as ckpt
@@ -57,8 +58,11 @@ def resolve_migu(config: RunConfig, default_threshold: float) -> MIGUConfig | No
 def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> Plan:
     """Resolve and validate config, data, model and method (reads all data; trains nothing)."""
     task_names = list(get_order(config.order).tasks) if config.order else list(config.tasks or [])
+    options = dict(config.method.options)
     try:
-        method = get_method(config.method.name, **config.method.options)
+        if "replay_seed" in option_names(get_method_class(config.method.name)):
+            options.setdefault("replay_seed", config.seed)  # replay sample follows the run's seed
+        method = get_method(config.method.name, **options)
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"method: {exc}") from exc
     migu_cfg = resolve_migu(config, method.default_threshold)
@@ -278,6 +282,7 @@ def build_results(plan: Plan, state: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": plan.config.name,
         "method": plan.method.name,
+        "method_options": plan.method.options,
         "migu": plan.resolved["migu"],
         "seed": plan.config.seed,
         "tasks": plan.task_names,

@@ -10,6 +10,9 @@ A sweep file::
       migu: [off, on]                      # off = no MIGU, on = the method's paper threshold
       seed: [42, 1024, 2048]
 
+A grid value may be a mapping of overrides applied together, named by its ``label``, e.g.
+``recipe: [{label: ft, method.name: ft, train.lr: 1e-4}, {label: lora, method.name: lora, train.lr: 1e-3}]``.
+
 Each cell is an ordinary run directory under the sweep directory (so a re-run resumes every
 unfinished cell); ``summary.json``/``summary.csv``/``summary.md`` aggregate ACC/BWT/FWT/forgetting
 as mean and sample std over seeds for every other combination of grid values.
@@ -62,6 +65,8 @@ def _migu_value(value: Any) -> Any:
 def _label(value: Any) -> str:
     if value is None:
         return "off"
+    if isinstance(value, dict) and "label" in value:
+        return str(value["label"])
     if isinstance(value, dict):
         return "on" if not value else "-".join(f"{k}{v}" for k, v in value.items())
     if isinstance(value, list | tuple):
@@ -89,6 +94,13 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[st
         for k, v in values.items():
             if k == "migu":
                 data["migu"] = _migu_value(v)
+                continue
+            if isinstance(
+                v, dict
+            ):  # a bundle of overrides, e.g. {label: lora, method.name: lora, train.lr: 1e-3}
+                data = apply_overrides(
+                    data, [f"{kk}={json.dumps(vv)}" for kk, vv in v.items() if kk != "label"]
+                )
                 continue
             data = apply_overrides(data, [f"{_ALIASES.get(k, k)}={json.dumps(v)}"])
         label = "_".join(
