@@ -165,7 +165,9 @@ class ToyLM(nn.Module):
         logits = self.lm_head(h)
         out = {"logits": logits}
         if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+            out["loss"] = nn.functional.cross_entropy(
+                logits.flatten(0, 1), labels.flatten(), ignore_index=-100
+            )
         return out
 
 

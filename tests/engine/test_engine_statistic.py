@@ -56,7 +56,9 @@ def test_bert_statistic_excludes_bias_and_padding(tiny_model, make_batch) -> Non
         assert not _close(ref_stat(rows, xs[name], [mask], bias=lin.bias), ref, rtol=1e-3)
     masks = masker.apply()
     for name in names:
-        assert_keep_matches(masks[name], ref_stat(rows_of(_module(model, name).weight), xs[name], [mask]), 0.5)
+        assert_keep_matches(
+            masks[name], ref_stat(rows_of(_module(model, name).weight), xs[name], [mask]), 0.5
+        )
 
 
 def test_gpt2_conv1d_statistic_uses_transposed_weight(tiny_model, make_batch) -> None:
@@ -82,7 +84,9 @@ def test_gpt2_conv1d_statistic_uses_transposed_weight(tiny_model, make_batch) ->
         ref = ref_stat(rows_of(conv.weight, 1), xs[name], [batch["attention_mask"]])
         assert_keep_matches(masks[name], ref, 0.25)
         # Conv1D rows are columns of the weight: masked output units have zero gradient columns.
-        assert torch.equal(conv.weight.grad[:, ~masks[name]], torch.zeros_like(conv.weight.grad[:, ~masks[name]]))
+        assert torch.equal(
+            conv.weight.grad[:, ~masks[name]], torch.zeros_like(conv.weight.grad[:, ~masks[name]])
+        )
 
 
 _CROSS_KV = re.compile(r"EncDecAttention\.[kv]$")
@@ -124,7 +128,8 @@ def _check_t5(model, masker, batch, dec_mask) -> None:
     # Non-vacuous: the decoder mask matters for some decoder target.
     dec_names = [n for n in names if n.startswith("decoder.") and not _CROSS_KV.search(n)]
     assert any(
-        not _close(ref_stat(rows_of(_module(model, n).weight), xs[n], None), stats[n], rtol=1e-3) for n in dec_names
+        not _close(ref_stat(rows_of(_module(model, n).weight), xs[n], None), stats[n], rtol=1e-3)
+        for n in dec_names
     )
 
 
@@ -234,3 +239,43 @@ def test_bf16_model_accumulates_in_fp32(tiny_model, make_batch) -> None:
         g = _module(model, name).weight.grad
         assert g.dtype == torch.bfloat16
         assert torch.all(g[~masks[name]] == 0) and int(masks[name].sum()) == masks[name].numel() // 2
+
+
+def test_t5_inside_a_data_parallel_wrapper_still_uses_labels(tiny_model) -> None:
+    """attach() to a wrapper (DataParallel/DDP keep the model in .module): same decoder tokens."""
+    inner = tiny_model("t5", head="seq2seq-lm")
+    wrapped = torch.nn.DataParallel(inner)  # on CPU it just calls .module
+    masker = migu.attach(wrapped, migu.MIGUConfig(threshold=0.5))
+    batch, dec = _t5_batch(7, 5)
+    names = [t.name for t in masker.targets]
+    assert all(n.startswith("module.") for n in names)
+    with capture_inputs(wrapped, names) as xs:
+        wrapped(**batch).loss.backward()
+    stats = masker.statistics()
+    for name in names:
+        rows = rows_of(_module(wrapped, name).weight)
+        ref = ref_stat(
+            rows, xs[name], [_t5_token_mask(name.removeprefix("module."), batch["attention_mask"], dec)]
+        )
+        assert _close(stats[name], ref), name
+
+
+def test_decoder_only_model_with_decoder_in_names_uses_attention_mask(make_batch) -> None:
+    """OPT names its blocks model.decoder.layers.N: its tokens are the attention_mask's."""
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(
+        "opt", vocab_size=64, hidden_size=16, ffn_dim=24, num_hidden_layers=1, num_attention_heads=2,
+        word_embed_proj_dim=16, max_position_embeddings=32, dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    model = transformers.AutoModel.from_config(cfg)
+    masker = migu.attach(model, migu.MIGUConfig(threshold=0.5))
+    names = [t.name for t in masker.targets]
+    assert len(names) == 6 and all(n.startswith("decoder.layers.0.") for n in names)
+    batch = make_batch(2, 6, lengths=[6, 3], pad_id=1)
+    with capture_inputs(model, names) as xs:
+        model(**batch).last_hidden_state.sum().backward()
+    stats = masker.statistics()
+    for name in names:
+        ref = ref_stat(rows_of(_module(model, name).weight), xs[name], [batch["attention_mask"]])
+        assert _close(stats[name], ref), name

@@ -58,6 +58,11 @@ class MIGUConfig:
         skip_first_task: do not mask while ``masker.task_index == 0``.
         mask_bias: also zero the bias gradient of masked rows (default True under ``paper``:
             a frozen row keeps its whole output unit frozen).
+        sparse_backward: compute the weight gradient of target ``nn.Linear`` layers for the kept
+            rows only (fewer backward FLOPs; ``migu.engine.sparse``). The mask is then taken from
+            the CURRENT micro-batch's statistic at backward time, so with gradient accumulation
+            each micro-batch gets its own mask (the dense path makes one mask per optimizer step).
+            Needs ``mode="grad"`` and ``cut="topk"`` (a fixed kept count); ValueError otherwise.
     """
 
     threshold: float = 0.7
@@ -71,6 +76,7 @@ class MIGUConfig:
     cut: Cut | None = None
     skip_first_task: bool | None = None
     mask_bias: bool | None = None
+    sparse_backward: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -104,11 +110,25 @@ class MIGUConfig:
         comps = tuple(self.components) if not isinstance(self.components, str) else (self.components,)
         bad = [c for c in comps if c not in COMPONENTS]
         if bad or not comps:
-            raise ValueError(f"MIGUConfig.components must be a non-empty subset of {COMPONENTS}, got {comps!r}")
+            raise ValueError(
+                f"MIGUConfig.components must be a non-empty subset of {COMPONENTS}, got {comps!r}"
+            )
         self.components = comps
         for key in ("normalize", "exclude_padding", "stat_bias", "skip_first_task", "mask_bias"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"MIGUConfig.{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.sparse_backward, bool):
+            raise ValueError(f"MIGUConfig.sparse_backward must be a bool, got {self.sparse_backward!r}")
+        if self.sparse_backward and self.mode != "grad":
+            raise ValueError(
+                "MIGUConfig.sparse_backward=True needs mode='grad': strict mode restores masked rows after "
+                f"the optimizer step, which the sparse backward does not support (got mode={self.mode!r})"
+            )
+        if self.sparse_backward and self.cut != "topk":
+            raise ValueError(
+                "MIGUConfig.sparse_backward=True needs cut='topk' (a fixed kept count per layer, no host "
+                f"sync); got cut={self.cut!r} (the 'official' preset uses 'quantile': pass cut='topk')"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> MIGUConfig:

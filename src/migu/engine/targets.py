@@ -35,7 +35,9 @@ _COMPONENT_RES: dict[str, re.Pattern[str]] = {
         r"(?:^|\.)(?:q|k|v|query|key|value|q_proj|k_proj|v_proj|c_attn|query_key_value|qkv_proj|Wqkv"
         r"|q_lin|k_lin|v_lin)$"
     ),
-    "o": re.compile(r"(?:^|\.)(?:o|o_proj|out_proj|out_lin|attention\.output\.dense|attn\.c_proj|attention\.dense)$"),
+    "o": re.compile(
+        r"(?:^|\.)(?:o|o_proj|out_proj|out_lin|attention\.output\.dense|attn\.c_proj|attention\.dense)$"
+    ),
     "ffn": re.compile(
         r"(?:^|\.)(?:wi|wo|wi_0|wi_1|gate_proj|up_proj|down_proj|fc1|fc2|c_fc|mlp\.c_proj|intermediate\.dense"
         r"|(?<!attention\.)output\.dense|dense_h_to_4h|dense_4h_to_h|lin1|lin2)$"
@@ -125,15 +127,13 @@ def _lora_targets(name: str, module: nn.Module, stream: str) -> list[Target]:
         if not (isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)):
             continue  # embedding / conv LoRA variants are not transformer linears
         a_bias = lora_a.bias if isinstance(lora_a.bias, nn.Parameter) else None
-        out.append(
-            Target(f"{name}.lora_A.{adapter}", lora_a.weight, a_bias, a_bias, 0, lora_a.out_features, stream, lora_a)
-        )
+        a_name = f"{name}.lora_A.{adapter}"
+        out.append(Target(a_name, lora_a.weight, a_bias, a_bias, 0, lora_a.out_features, stream, lora_a))
         b_bias = lora_b.bias if isinstance(lora_b.bias, nn.Parameter) else None
         # B is judged by the whole layer output h = W0 x + b0 + s B A x (+ b_B); the paper's
         # magnitude leaves the bias out, so b0 is what gets subtracted.
-        out.append(
-            Target(f"{name}.lora_B.{adapter}", lora_b.weight, b_bias, base_bias, 0, lora_b.out_features, stream, module)
-        )
+        b_name = f"{name}.lora_B.{adapter}"
+        out.append(Target(b_name, lora_b.weight, b_bias, base_bias, 0, lora_b.out_features, stream, module))
     return out
 
 
@@ -176,6 +176,7 @@ def resolve_targets(
         raise ValueError(
             f"MIGU found no target layers for targets={targets!r} components={components!r} in "
             f"{type(model).__name__}. Linear modules present ({len(linear_names)}): {sample}"
-            f"{' ...' if len(linear_names) > 8 else ''}. Pass targets='all-linear' or a list of name patterns."
+            f"{' ...' if len(linear_names) > 8 else ''}. "
+            "Pass targets='all-linear' or a list of name patterns."
         )
     return found
