@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print the accuracy matrix and metrics of finished runs")
     p.add_argument("run_dirs", nargs="+")
     p.set_defaults(func=_cmd_show)
+
+    from .analysis.cli import add_commands as add_analysis_commands  # analyze ..., report
+
+    add_analysis_commands(sub)
     return parser
 
 

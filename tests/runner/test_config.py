@@ -87,3 +87,13 @@ def test_sweep_bundles_and_labels(tmp_path: Path) -> None:
     assert by_name["recipe-lora_migu-on"]["method"]["name"] == "lora"
     assert by_name["recipe-ft_migu-off"]["migu"] is None
     assert by_name["recipe-ft_migu-threshold0.3"]["migu"] == {"threshold": 0.3}
+
+
+def test_sweep_grid_override(tmp_path: Path) -> None:
+    _write(tmp_path / "run.yaml", "tasks: [a]\n")
+    sweep = _write(tmp_path / "sw.yaml", "base: run.yaml\ngrid:\n  migu: [off, on, 0.0]\n  seed: [1, 2, 3]\n")
+    _, cells = load_sweep(sweep, ["grid.seed=[7]", "train.lr=0.5"])
+    assert [c.values["seed"] for c in cells] == [7, 7, 7]
+    # A threshold of 0.0 is MIGU on at T = 0 (plain training through the masker), not "off".
+    assert [c.config["migu"] for c in cells] == [None, {}, {"threshold": 0.0}]
+    assert all(c.config["train"]["lr"] == 0.5 for c in cells)

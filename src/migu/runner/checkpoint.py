@@ -48,7 +48,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
-    relevant = {k: v for k, v in config.items() if k not in ("data_root", "keep_checkpoints", "tensorboard")}
+    ignored = ("name", "data_root", "keep_checkpoints", "tensorboard")
+    relevant = {k: v for k, v in config.items() if k not in ignored}
     relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("log_every",)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

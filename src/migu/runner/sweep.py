@@ -53,9 +53,10 @@ class Cell:
 
 def _migu_value(value: Any) -> Any:
     """Grid values for ``migu``: off/false/null -> None, on/true -> {} (method default), else as is."""
-    if value in (None, False, "off", "none"):
+    # Identity/str checks, not ``in``: 0.0 == False and 1 == True in Python.
+    if value is None or value is False or value in ("off", "none"):
         return None
-    if value in (True, "on"):
+    if value is True or value == "on":
         return {}
     if isinstance(value, int | float):
         return {"threshold": float(value)}
@@ -76,10 +77,12 @@ def _label(value: Any) -> str:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[Cell]]:
     """Expand a sweep file into cells (validating each cell's config before any training)."""
-    spec = read_yaml_config(path)
+    overrides = list(overrides or [])
+    # ``grid.seed=[42]`` narrows or changes the grid itself; other overrides apply to every cell.
+    spec = apply_overrides(read_yaml_config(path), [o for o in overrides if o.startswith("grid.")])
     grid = spec.pop("grid", None)
     name = spec.pop("name", Path(path).stem)
-    common = list(spec.pop("overrides", []) or []) + list(overrides or [])
+    common = list(spec.pop("overrides", []) or []) + [o for o in overrides if not o.startswith("grid.")]
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: a sweep needs a non-empty 'grid' mapping of key -> list of values")
     base = spec  # what is left is the run config every cell starts from (with its `base:` merged)

@@ -1,0 +1,479 @@
+"""``migu report``: one Markdown report (and a self-contained HTML copy) from saved results only.
+
+Inputs may be run directories, sweep directories and output directories of ``migu analyze``;
+each kind is optional. Whatever is absent is named in the report with what it would have added,
+so a partial report never looks complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import logging
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from . import plots
+from .collect import run_label
+from .sweeps import (
+    METRIC_NAMES,
+    METRICS,
+    Sweep,
+    components_table,
+    group_cells,
+    is_sweep_dir,
+    load_sweep,
+    method_table,
+    sweep_figures,
+)
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- document model
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Image:
+    path: Path  # absolute
+    alt: str
+    caption: str = ""
+
+
+Block = Heading | Para | Bullets | Table | Image
+
+
+@dataclass
+class Document:
+    """Blocks rendered to Markdown (images by relative path) or HTML (images embedded)."""
+
+    blocks: list[Block] = field(default_factory=list)
+
+    def add(self, block: Block) -> None:
+        self.blocks.append(block)
+
+    def to_markdown(self, base: Path) -> str:
+        out: list[str] = []
+        for b in self.blocks:
+            if isinstance(b, Heading):
+                out.append("#" * b.level + " " + b.text)
+            elif isinstance(b, Para):
+                out.append(b.text)
+            elif isinstance(b, Bullets):
+                out.append("\n".join(f"- {i}" for i in b.items))
+            elif isinstance(b, Table):
+                cell = [[c.replace("|", "\\|") for c in row] for row in [b.header, *b.rows]]
+                lines = ["| " + " | ".join(cell[0]) + " |", "|" + "|".join("---" for _ in b.header) + "|"]
+                lines += ["| " + " | ".join(r) + " |" for r in cell[1:]]
+                out.append("\n".join(lines) + (f"\n\n{b.caption}" if b.caption else ""))
+            elif isinstance(b, Image):
+                rel = b.path.relative_to(base) if b.path.is_relative_to(base) else b.path
+                out.append(f"![{b.alt}]({rel.as_posix()})" + (f"\n\n*{b.caption}*" if b.caption else ""))
+        return "\n\n".join(out) + "\n"
+
+    def to_html(self, title: str) -> str:
+        def e(text: str) -> str:  # escaped, with Markdown `code` spans kept as <code>
+            return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+        out = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+            "line-height:1.45;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+            "th,td{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
+            "figure{margin:1em 0}figcaption{font-size:.9em;color:#555}</style>",
+            "</head><body>",
+        ]
+        for b in self.blocks:
+            if isinstance(b, Heading):
+                out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
+            elif isinstance(b, Para):
+                out.append(f"<p>{e(b.text)}</p>")
+            elif isinstance(b, Bullets):
+                out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
+            elif isinstance(b, Table):
+                head = "".join(f"<th>{e(h)}</th>" for h in b.header)
+                body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+                cap = f"<p>{e(b.caption)}</p>" if b.caption else ""
+                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{cap}")
+            elif isinstance(b, Image):
+                data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+                cap = f"<figcaption>{e(b.caption)}</figcaption>" if b.caption else ""
+                img = f'<img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}">'
+                out.append(f"<figure>{img}{cap}</figure>")
+        out.append("</body></html>")
+        return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------- inputs
+@dataclass
+class Inputs:
+    """Report inputs sorted by kind."""
+
+    runs: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    sweeps: list[Sweep] = field(default_factory=list)
+    similarity: list[Path] = field(default_factory=list)
+    magnitudes: list[Path] = field(default_factory=list)
+
+
+def classify(paths: Sequence[str | Path]) -> Inputs:
+    """Sort directories into runs, sweeps and analysis outputs (ValueError for anything else)."""
+    inputs = Inputs()
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: no such directory")
+        found = False
+        if (p / "results.json").is_file():
+            inputs.runs.append((p, json.loads((p / "results.json").read_text())))
+            found = True
+        elif is_sweep_dir(p):
+            inputs.sweeps.append(load_sweep(p))
+            found = True
+        if (p / "similarity.json").is_file():
+            inputs.similarity.append(p)
+            found = True
+        if (p / "magnitudes.json").is_file():
+            inputs.magnitudes.append(p)
+            found = True
+        if not found:
+            raise ValueError(
+                f"{p} is neither a run directory (results.json), a sweep directory (sweep.yaml / "
+                "summary.json) nor a `migu analyze` output (similarity.json / magnitudes.json)"
+            )
+    return inputs
+
+
+def migu_text(migu: dict[str, Any] | None) -> str:
+    """``off`` or ``T=0.7, preset paper, mode grad, on qkv+o+ffn``."""
+    if not migu:
+        return "off"
+    comps = "+".join(migu.get("components") or [])
+    return f"T={migu.get('threshold')}, preset {migu.get('preset')}, mode {migu.get('mode')}, on {comps}"
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text).strip("_") or "x"
+
+
+@dataclass
+class ReportOutput:
+    """Paths written, the figures by file stem, and the sentences about missing inputs."""
+
+    markdown: Path
+    html: Path
+    figures: dict[str, Figure]
+    missing: list[str]
+    document: Document
+
+
+# ---------------------------------------------------------------------------- sections
+def _runs_section(
+    doc: Document,
+    runs: list[tuple[Path, dict[str, Any]]],
+    figdir: Path,
+    figures: dict[str, Figure],
+    missing: list[str],
+) -> None:
+    labels = [run_label(r) for _, r in runs]
+    labels = [
+        f"{lab} [{p.name}]" if labels.count(lab) > 1 else lab
+        for lab, (p, _) in zip(labels, runs, strict=True)
+    ]
+    doc.add(Heading(2, "Runs"))
+    header = [
+        "run",
+        "directory",
+        "seed",
+        "tasks",
+        *(f"{METRIC_NAMES[m]} (%)" for m in METRICS),
+        "wall time (s)",
+    ]
+    rows = []
+    for lab, (p, r) in zip(labels, runs, strict=True):
+        m = r.get("metrics") or {}
+        done = len(r.get("matrix") or [])
+        tasks = f"{done}/{len(r['tasks'])}"
+        wall = r.get("wall_seconds")
+        rows.append(
+            [
+                lab,
+                p.name,
+                str(r.get("seed", "-")),
+                tasks,
+                *(_fmt(m.get(k)) for k in METRICS),
+                "-" if wall is None else f"{wall:.0f}",
+            ]
+        )
+    doc.add(
+        Table(
+            header,
+            rows,
+            "Metrics after the last task, in %. ACC: mean accuracy over all tasks; BWT: "
+            "mean change on earlier tasks since they were trained (negative = forgetting); FWT: accuracy "
+            "on a task just before training it minus the untrained model's; Forgetting: mean drop from "
+            "each earlier task's best accuracy.",
+        )
+    )
+    if any(r.get("baseline") is None for _, r in runs):
+        missing.append(
+            "some runs have no untrained baseline (eval_baseline: false): their FWT is shown as '-'"
+        )
+    for lab, (p, r) in zip(labels, runs, strict=True):
+        doc.add(Heading(3, f"{lab} ({p.name})"))
+        tasks = list(r["tasks"])
+        cfg = r.get("config") or {}
+        model = (cfg.get("model") or {}).get("name", "?")
+        data = cfg.get("data") or {}
+        doc.add(
+            Para(
+                f"Method {r.get('method')}, MIGU {migu_text(r.get('migu'))}, model {model}, "
+                f"seed {r.get('seed')}, train rows per task {data.get('train_n') or 'all'}, "
+                f"test rows per task "
+                f"{data.get('test_n') or 'all'}. Task order: {', '.join(tasks)}."
+            )
+        )
+        if not r.get("complete"):
+            missing.append(
+                f"run {p.name} is unfinished ({len(r.get('matrix') or [])} of {len(tasks)} tasks): "
+                "it has no final metrics"
+            )
+            doc.add(
+                Para(f"This run is unfinished: {len(r.get('matrix') or [])} of {len(tasks)} tasks trained.")
+            )
+        header = ["after task", *tasks]
+        body = []
+        if r.get("baseline") is not None:
+            body.append(["(untrained)", *(_fmt(v) for v in r["baseline"])])
+        for t, row in zip(tasks, r.get("matrix") or [], strict=False):
+            body.append([t, *(_fmt(v) for v in row)])
+        doc.add(Table(header, body, "Accuracy (%) on each task (columns) after training each task (rows)."))
+        stem = f"acc_matrix_{_slug(p.name)}"
+        figures[stem] = plots.plot_accuracy_matrix(r, title=f"Accuracy matrix, {lab}")
+        doc.add(
+            Image(
+                plots.save(figures[stem], figdir / f"{stem}.png"),
+                f"accuracy matrix of {lab}",
+                "Rows: training stage; columns: evaluated task; both in the run's order.",
+            )
+        )
+        stem = f"acc_curves_{_slug(p.name)}"
+        figures[stem] = plots.plot_accuracy_curves(r, title=f"Per-task accuracy over the sequence, {lab}")
+        doc.add(
+            Image(
+                plots.save(figures[stem], figdir / f"{stem}.png"),
+                f"per-task accuracy of {lab}",
+                "Each line is one task; the large marker is the stage right after that task was trained.",
+            )
+        )
+
+
+def _sweeps_section(
+    doc: Document, sweeps: list[Sweep], figdir: Path, figures: dict[str, Figure], missing: list[str]
+) -> None:
+    doc.add(Heading(2, "Sweeps"))
+    shown: set[str] = set()
+    for sweep in sweeps:
+        doc.add(Heading(3, f"{sweep.name} ({sweep.path.name})"))
+        groups = group_cells([sweep])
+        done = len(sweep.cells) - len(sweep.missing)
+        doc.add(Para(f"{done} of {len(sweep.cells)} cells finished."))
+        if sweep.missing:
+            missing.append(
+                f"sweep {sweep.name}: {len(sweep.missing)} unfinished cell(s) left out: "
+                + ", ".join(sweep.missing)
+            )
+        if not groups:
+            doc.add(Para("No finished cell: nothing to summarise."))
+            continue
+        header, rows = method_table(groups)
+        doc.add(Table(header, rows, "Mean ± sample std over seeds, in % (one seed: no std)."))
+        sweep_figs, _ = sweep_figures(groups, sweep.name)
+        for stem, fig in sweep_figs.items():
+            name = f"{stem}_{_slug(sweep.name)}"
+            figures[name] = fig
+            shown.add(stem)
+            caption = (
+                "ACC of every seed (dots) without and with MIGU; violins where a group has two or more "
+                "distinct values."
+                if stem.startswith("violin")
+                else "Mean ACC over seeds (bars: ± sample std) at each MIGU threshold; dotted: the same "
+                "method "
+                "without MIGU."
+            )
+            doc.add(Image(plots.save(fig, figdir / f"{name}.png"), f"{stem} of {sweep.name}", caption))
+        comp = components_table(groups)
+        if comp:
+            shown.add("components")
+            doc.add(Heading(4, "MIGU on block components"))
+            doc.add(
+                Table(
+                    *comp,
+                    caption="Which linear layers of each block get MIGU (qkv: attention Q/K/V; "
+                    "o: attention output; ffn: feed-forward). Mean ± std over seeds, in %.",
+                )
+            )
+    if "violin_acc" not in shown:
+        missing.append(
+            "no sweep ran a method both without and with MIGU over two or more seeds: no violin plot of "
+            "ACC across seeds"
+        )
+    if "threshold_acc" not in shown:
+        missing.append("no sweep ran a method at two or more MIGU thresholds: no threshold curve")
+    if "components" not in shown:
+        missing.append("no sweep ran MIGU on different block components: no components table")
+
+
+def _copy_figure(src: Path, figdir: Path, prefix: str) -> Path:
+    dst = figdir / f"{prefix}_{src.name}"
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _analyses_section(doc: Document, inputs: Inputs, figdir: Path) -> None:
+    doc.add(Heading(2, "Analyses"))
+    for d in inputs.similarity:
+        data = json.loads((d / "similarity.json").read_text())
+        layer = data["layer"]
+        doc.add(Heading(3, f"Task similarity ({d.name})"))
+        doc.add(
+            Para(
+                f"Overlap of the rows MIGU would update for each task ({data['normalisation']}), "
+                f"layer {layer}."
+            )
+        )
+        rows = []
+        for r in data["runs"]:
+            lay = r["layers"][layer]
+            rows.append(
+                [
+                    r["label"],
+                    f"{r['threshold']:g}",
+                    str(r["checkpoint"]),
+                    str(max(r["samples_per_task"].values())),
+                    f"{100 * lay['between_tasks']:.1f}",
+                    f"{100 * lay['chance']:.1f}",
+                    f"{100 * r['mean_over_layers_between_tasks']:.1f}",
+                ]
+            )
+        doc.add(
+            Table(
+                [
+                    "run",
+                    "T",
+                    "checkpoint",
+                    "rows per task",
+                    "between-task overlap, this layer (%)",
+                    "chance (%)",
+                    "between-task overlap, mean over layers (%)",
+                ],
+                rows,
+            )
+        )
+        for stem in ("similarity_layer", "similarity_mean", "similarity_by_layer"):
+            if (d / f"{stem}.png").is_file():
+                doc.add(Image(_copy_figure(d / f"{stem}.png", figdir, _slug(d.name)), stem))
+    for d in inputs.magnitudes:
+        data = json.loads((d / "magnitudes.json").read_text())
+        doc.add(Heading(3, f"Magnitude distribution ({d.name})"))
+        doc.add(
+            Para(
+                f"One train row per task ({', '.join(data['tasks'])}) on {data['layer']} of {data['run']}; "
+                f"{data['smoothing']}. Updated rows at T = {data['threshold']:g}."
+            )
+        )
+        if (d / "magnitudes.png").is_file():
+            doc.add(
+                Image(_copy_figure(d / "magnitudes.png", figdir, _slug(d.name)), "magnitude distribution")
+            )
+
+
+def build_report(paths: Sequence[str | Path], out: str | Path, title: str = "MIGU report") -> ReportOutput:
+    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` from the inputs."""
+    inputs = classify(paths)
+    out = Path(out).resolve()
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    doc = Document()
+    figures: dict[str, Figure] = {}
+    missing: list[str] = []
+    doc.add(Heading(1, title))
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    doc.add(Para(f"Generated {stamp} by migu report from saved results (nothing was retrained). Inputs:"))
+    items = [f"run: {p}" for p, _ in inputs.runs] + [f"sweep: {s.path}" for s in inputs.sweeps]
+    items += [f"similarity analysis: {p}" for p in inputs.similarity]
+    items += [f"magnitude analysis: {p}" for p in inputs.magnitudes]
+    doc.add(Bullets(items or ["(none)"]))
+    summary_at = len(doc.blocks)  # the "missing" list goes here once every section has spoken
+
+    if inputs.runs:
+        _runs_section(doc, inputs.runs, figdir, figures, missing)
+    else:
+        missing.append(
+            "no run directory was given: no accuracy matrices, per-task accuracy curves or per-run metrics"
+        )
+    if inputs.sweeps:
+        _sweeps_section(doc, inputs.sweeps, figdir, figures, missing)
+    else:
+        missing.append(
+            "no sweep directory was given: no method x MIGU table over seeds (mean ± std), no violin "
+            "plot of ACC across seeds and no threshold curve"
+        )
+    if inputs.similarity or inputs.magnitudes:
+        _analyses_section(doc, inputs, figdir)
+    if not inputs.similarity:
+        missing.append("no `migu analyze similarity` output was given: no task-similarity heatmaps")
+    if not inputs.magnitudes:
+        missing.append("no `migu analyze magnitudes` output was given: no magnitude distribution plot")
+
+    head: list[Block] = [Heading(2, "Not in this report")]
+    head.append(
+        Bullets([m[0].upper() + m[1:] + "." for m in missing])
+        if missing
+        else Para("Every kind of input was given.")
+    )
+    doc.blocks[summary_at:summary_at] = head
+    md = out / "report.md"
+    md.write_text(doc.to_markdown(out))
+    page = out / "report.html"
+    page.write_text(doc.to_html(title))
+    log.info("report: %s and %s (%d figures)", md, page, len(list(figdir.glob("*.png"))))
+    return ReportOutput(md, page, figures, missing, doc)
+
+
+__all__ = ["Document", "ReportOutput", "build_report", "classify"]

@@ -1,0 +1,146 @@
+"""Sweep summaries, report rendering (also with missing inputs), and the plotting functions."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fake_results
+
+from migu.analysis import plots
+from migu.analysis.report import build_report
+from migu.analysis.sweeps import analyze_sweeps, group_cells, load_sweep, pct
+from migu.cli import main
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with path.open() as fh:
+        return list(csv.reader(fh))
+
+
+def test_sweep_groups_over_seeds(table_sweep: Path) -> None:
+    sweep = load_sweep(table_sweep)
+    assert sweep.name == "proxy_table" and sweep.missing == ["method-lora_migu-on_seed-2048"]
+    groups = {(g.method, g.setting): g for g in group_cells([sweep])}
+    assert set(groups) == {("ft", "off"), ("ft", "T=0.7"), ("lora", "off"), ("lora", "T=0.7")}
+    ft_on = groups[("ft", "T=0.7")]
+    assert ft_on.seeds == [42, 1024, 2048]
+    mean, std = ft_on.mean_std("acc")
+    assert mean == pytest.approx(0.66) and std == pytest.approx(0.01)
+    assert len(groups[("lora", "T=0.7")].runs) == 2
+    assert pct(mean, std) == "66.00 ± 1.00" and pct(0.5, None) == "50.00" and pct(None, None) == "-"
+
+
+def test_analyze_threshold_and_component_sweep(ablation_sweep: Path, tmp_path: Path) -> None:
+    res = analyze_sweeps([ablation_sweep], tmp_path)
+    thr = _rows(tmp_path / "threshold.csv")
+    assert thr[0] == ["method", "threshold", "acc_mean", "acc_std", "n"]
+    assert [r[1] for r in thr[1:]] == [str(round(0.1 * i, 1)) for i in range(10)] + ["off"]
+    comp = _rows(tmp_path / "components.csv")
+    assert [r[1] for r in comp[1:]] == ["none (MIGU off)", "qkv", "o", "ffn", "qkv+o", "qkv+o+ffn"]
+    assert "threshold_acc" in res.figures and "violin_acc" not in res.figures  # one seed: no spread
+    ax = res.figures["threshold_acc"].axes[0]
+    assert ax.get_ylabel() == "ACC after the last task (%)" and ax.get_xlabel().startswith("MIGU threshold T")
+    labels = ax.get_legend_handles_labels()[1]
+    assert "FT+MIGU" in labels and "FT without MIGU" in labels
+    md = (tmp_path / "sweep_summary.md").read_text()
+    assert "MIGU on block components" in md and "no violin plot" in md
+
+
+def test_report_with_every_input(
+    finished_run: Path, table_sweep: Path, ablation_sweep: Path, similarity_out: tuple, tmp_path: Path
+) -> None:
+    _, sim_dir = similarity_out
+    out = tmp_path / "report"
+    rc = main(
+        ["report", str(finished_run), str(table_sweep), str(ablation_sweep), str(sim_dir), "-o", str(out)]
+    )
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    for text in (
+        "## Runs",
+        "## Sweeps",
+        "### proxy_table",
+        "MIGU on block components",
+        "Task similarity",
+        "| after task | agnews | amazon |",
+        "(untrained)",
+    ):
+        assert text in md, text
+    assert "unfinished cell" in md  # the missing lora cell is named
+    assert "No `migu analyze magnitudes` output was given" in md
+    figs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "violin_acc_proxy_table.png" in figs and "threshold_acc_ablation.png" in figs
+    assert any(f.startswith("acc_matrix_") for f in figs) and any("similarity_layer" in f for f in figs)
+    for line in md.splitlines():  # every image the Markdown names exists
+        if line.startswith("!["):
+            assert (out / line.split("](")[1].rstrip(")")).is_file()
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == md.count("![")
+    assert 'src="figures' not in page  # self-contained
+
+
+def test_report_with_missing_optional_inputs(finished_run: Path, tmp_path: Path) -> None:
+    res = build_report([finished_run], tmp_path)
+    md = res.markdown.read_text()
+    assert "## Not in this report" in md
+    assert "No sweep directory was given" in md and "no violin plot" in md and "no threshold curve" in md
+    assert "No `migu analyze similarity` output was given" in md
+    assert "## Sweeps" not in md and "violin" not in " ".join(res.figures)
+    fig = res.figures[f"acc_matrix_{finished_run.name}"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["agnews", "amazon"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["untrained", "after agnews", "after amazon"]
+    assert ax.get_xlabel() == "evaluated task" and "(%)" in fig.axes[1].get_ylabel()
+    curves = res.figures[f"acc_curves_{finished_run.name}"].axes[0]
+    assert curves.get_ylabel() == "accuracy (%)"
+    assert [t.get_text() for t in curves.get_legend().get_texts()] == ["agnews", "amazon"]
+    assert res.html.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_report_from_sweep_only(table_sweep: Path, tmp_path: Path) -> None:
+    res = build_report([table_sweep], tmp_path)
+    md = res.markdown.read_text()
+    assert "No run directory was given" in md and "no threshold curve" in md and "no components table" in md
+    assert "violin_acc_proxy_table" in res.figures
+    ax = res.figures["violin_acc_proxy_table"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["FT", "LoRA"]
+    assert ax.get_ylabel() == "ACC after the last task (%)"
+
+
+def test_report_rejects_other_directories(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither a run directory"):
+        build_report([tmp_path / "empty"], tmp_path / "out")
+    assert main(["report", str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
+
+
+def test_plots_with_partial_inputs(tmp_path: Path) -> None:
+    res = fake_results("ft", None, 1, 0.5)
+    res.update(complete=False, matrix=res["matrix"][:1], baseline=None)
+    fig = plots.plot_accuracy_matrix(res)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["after dbpedia"]
+    assert len(fig.axes[0].texts) == 3
+    plots.save(plots.plot_accuracy_curves(res), tmp_path / "curves.png")
+    # one seed per group: dots only, no violin (a KDE of one point is undefined)
+    fig = plots.plot_violins({"FT": {"off": [0.5], "T=0.7": [0.6, 0.6]}}, "t")
+    assert len(fig.axes[0].collections) == 2
+    assert plots.save(fig, tmp_path / "v.png").stat().st_size > 0
+    np.testing.assert_allclose(plots.moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 3), [1.5, 2.0, 3.0, 3.5])
+    keep = np.array([[1, 0, 1, 0], [0, 1, 0, 1]], dtype=bool)
+    fig = plots.plot_magnitudes(
+        ["a", "b"], np.full((2, 4), 0.25), keep, window=1, layer="L", threshold=0.5, title="m"
+    )
+    top, bottom = fig.axes
+    assert "(%)" in top.get_ylabel() and [t.get_text() for t in bottom.get_yticklabels()] == ["a", "b"]
+    assert bottom.get_xlabel().startswith("output row of L")
+
+
+def test_sweep_command(table_sweep: Path, tmp_path: Path) -> None:
+    assert main(["analyze", "sweep", str(table_sweep), "-o", str(tmp_path)]) == 0
+    summary = _rows(tmp_path / "sweep_summary.csv")
+    assert summary[0][:7] == ["method", "migu", "threshold", "components", "other", "n", "seeds"]
+    assert len(summary) == 1 + 4
+    assert (tmp_path / "violin_acc.png").is_file() and not (tmp_path / "threshold.csv").exists()

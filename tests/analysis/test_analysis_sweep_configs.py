@@ -1,0 +1,65 @@
+"""The ablation sweep configs in configs/sweeps/ expand into the grids they promise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migu.methods import get_method
+from migu.runner.sweep import load_sweep
+
+SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
+ALL_SUBSETS = [["qkv"], ["o"], ["ffn"], ["qkv", "o"], ["qkv", "ffn"], ["o", "ffn"], ["qkv", "o", "ffn"]]
+THRESHOLDS = [round(0.1 * i, 1) for i in range(10)]
+
+
+def _cells(name: str) -> list:
+    return load_sweep(SWEEPS / f"{name}.yaml")[1]
+
+
+def test_every_sweep_config_expands_with_known_methods() -> None:
+    files = sorted(SWEEPS.glob("*.yaml"))
+    assert {f.stem for f in files} >= {
+        "proxy_table",
+        "proxy_threshold",
+        "proxy_components",
+        "threshold_ft",
+        "threshold_lora",
+        "components",
+    }
+    for f in files:
+        for cell in load_sweep(f)[1]:
+            get_method(cell.config["method"]["name"])  # a registry name
+
+
+def test_proxy_table() -> None:
+    cells = _cells("proxy_table")
+    assert len(cells) == 5 * 2 * 3
+    assert {c.config["method"]["name"] for c in cells} == {"ft", "lora", "inclora", "olora", "lora_replay"}
+    assert {repr(c.config["migu"]) for c in cells} == {"None", "{}"}  # off / the method's paper T
+    assert {c.config["seed"] for c in cells} == {42, 1024, 2048}
+    assert all(c.config["order"] == "standard_proxy" for c in cells)
+
+
+def test_proxy_threshold() -> None:
+    cells = _cells("proxy_threshold")
+    assert [c.config["migu"]["threshold"] for c in cells] == [0.0, 0.3, 0.5, 0.7, 0.9]
+    assert all(c.config["method"]["name"] == "ft" for c in cells)
+
+
+@pytest.mark.parametrize("name", ["threshold_ft", "threshold_lora"])
+def test_threshold_sweeps(name: str) -> None:
+    cells = _cells(name)
+    thresholds = sorted({c.config["migu"]["threshold"] for c in cells})
+    assert thresholds == THRESHOLDS
+    lr = {c.config["train"]["lr"] for c in cells}
+    assert lr == ({1e-4} if name == "threshold_ft" else {1e-3})
+
+
+@pytest.mark.parametrize("name", ["components", "proxy_components"])
+def test_component_sweeps(name: str) -> None:
+    cells = _cells(name)
+    subsets = [c.config["migu"]["components"] for c in cells if c.config["seed"] == 42]
+    assert subsets == ALL_SUBSETS
+    assert {c.config["migu"]["threshold"] for c in cells} == {0.7}
