@@ -1,6 +1,6 @@
 """migu: MIGU (magnitude-based gradient updating) and a continual-learning harness for LMs."""
 
-from .engine import MIGUConfig, Masker, attach
+from .engine import Masker, MIGUConfig, attach
 
 __version__ = "0.1.0"
 
