@@ -27,12 +27,18 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import MIGUConfig
+from .sparse import SparseBackward
 from .targets import Target, resolve_targets
 
 log = logging.getLogger(__name__)
 
 # Tokens whose outputs sum to (almost) zero would divide by zero in the L1 normalization.
 _EPS = 1e-12
+# The statistic reads a layer output in token chunks of at most this many fp32 bytes: |y - b| never
+# exists at full size (no [N, d_out] fp32 copy of the output, also under bf16). On CPU a chunk stays
+# in L2 and lives in one persistent scratch buffer (a fresh multi-MB allocation costs page faults).
+_CHUNK_BYTES_CPU = 4 << 20
+_CHUNK_BYTES_DEVICE = 64 << 20
 
 
 def num_masked(threshold: float, d_out: int) -> int:
@@ -52,7 +58,7 @@ def make_keep_masks(stats: torch.Tensor, threshold: float, cut: str = "topk") ->
     Returns:
         [n_layers, d_out] bool, True = the row keeps its gradient.
     """
-    n, d = stats.shape
+    d = stats.shape[1]
     if cut == "quantile":
         q = torch.quantile(stats, threshold, dim=1, keepdim=True)  # [n, 1]
         return stats >= q
@@ -62,6 +68,11 @@ def make_keep_masks(stats: torch.Tensor, threshold: float, cut: str = "topk") ->
     # A stable descending sort puts equal values in index order: ties go to the lower index.
     order = torch.sort(stats, dim=1, descending=True, stable=True).indices[:, :k]  # [n, k]
     return torch.zeros_like(stats, dtype=torch.bool).scatter_(1, order, True)
+
+
+def _row_states(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The optimizer state tensors of ``p`` shaped like ``p`` (moments), by key."""
+    return {k: v for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v) and v.shape == p.shape}
 
 
 def _distributed_world() -> int:
@@ -84,7 +95,9 @@ class Masker:
         self._handles: list[Any] = []
         self._opt_handles: list[Any] = []
         self._optimizer: torch.optim.Optimizer | None = None
-        self._strict_saved: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+        # strict mode, per parameter: (param, dim of rows, masked row indices or a broadcast keep mask,
+        # saved masked rows / saved param, saved optimizer state)
+        self._strict_saved: list[tuple[nn.Parameter, int, torch.Tensor, torch.Tensor, dict[str, Any]]] = []
         self._token_masks: dict[str, torch.Tensor | None] = {}
         # Targets grouped by d_out so each group's statistics are one [n, d] block: masks of a
         # whole group come from one sort instead of one per layer.
@@ -96,10 +109,21 @@ class Masker:
         self._flat: torch.Tensor | None = None  # all statistics + token counts: one collective
         self._stat_views: list[torch.Tensor] = []
         self._count_view: torch.Tensor | None = None
+        self._count_index: list[torch.Tensor] = []  # per group: its targets' count slots (device tensor)
+        self._scratch: torch.Tensor | None = None  # CPU chunk buffer of the statistic (see _CHUNK_BYTES_CPU)
+        # Token weights and counts, computed once per forward call and (stream, shape), not per layer.
+        self._tw_owner: dict[str, torch.Tensor | None] | None = None
+        self._tw_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        self._sparse: SparseBackward | None = None
+        self._sparse_set: frozenset[int] = frozenset()
         self._forward_params = self._forward_parameter_names(model)
         self._handles.append(model.register_forward_pre_hook(self._capture_token_masks, with_kwargs=True))
         for i, t in enumerate(self.targets):
             self._handles.append(t.hook_module.register_forward_hook(self._make_hook(i)))
+        if config.sparse_backward:
+            # After the hooks: the stand-in modules share the originals' hook dicts, so they fire.
+            self._sparse = SparseBackward(self)
+            self._sparse_set = frozenset(self._sparse.indices)
         if optimizer is not None:
             self.bind_optimizer(optimizer)
         if config.mode == "strict" and optimizer is None:
@@ -130,6 +154,7 @@ class Masker:
             offset += d
         self._stat_views = views  # type: ignore[assignment]
         self._count_view = flat[offset:]
+        self._count_index = [torch.tensor(idx, device=device) for _, idx in self._groups]
 
     # ------------------------------------------------------------------ forward
     @staticmethod
@@ -139,7 +164,9 @@ class Masker:
         except (TypeError, ValueError):
             return None
         names = [
-            n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"
+            n
+            for n, p in params.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"
         ]
         return names
 
@@ -149,27 +176,34 @@ class Masker:
         if args and self._forward_params:
             call.update(zip(self._forward_params, args, strict=False))
         main = call.get("attention_mask")
+        main = main if torch.is_tensor(main) else None
         dec = call.get("decoder_attention_mask")
-        if dec is None and call.get("labels") is not None and call.get("decoder_input_ids") is None:
-            labels = call["labels"]
-            # Seq2seq without an explicit decoder mask: a decoder position is real iff its label is.
-            if torch.is_tensor(labels) and labels.dim() == 2 and getattr(module, "config", None) is not None:
-                if getattr(module.config, "is_encoder_decoder", False):
-                    dec = labels != -100
-        self._token_masks = {
-            "main": main if torch.is_tensor(main) else None,
-            "decoder": dec if torch.is_tensor(dec) else None,
-        }
+        dec = dec if torch.is_tensor(dec) else None
+        config = getattr(module, "config", None)
+        if config is None:  # DDP / DataParallel keep the model in .module
+            config = getattr(getattr(module, "module", None), "config", None)
+        enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+        labels = call.get("labels")
+        if dec is None and enc_dec and torch.is_tensor(labels) and labels.dim() == 2:
+            # Seq2seq without an explicit decoder mask: decoder position t is real iff labels[t] is, also
+            # next to decoder_input_ids (labels shifted right, as DataCollatorForSeq2Seq makes them).
+            dec = labels != -100
+        # A decoder-only model naming its blocks "decoder" (OPT) reads the main tokens; the decoder
+        # of an encoder-decoder never borrows the encoder's mask (equal lengths would make it fit).
+        self._token_masks = {"main": main, "decoder": dec if dec is not None or enc_dec else main}
 
-    def _token_weights(self, stream: str, lead_shape: torch.Size, device: torch.device) -> torch.Tensor | None:
+    def _token_weights(
+        self, stream: str, lead_shape: torch.Size, device: torch.device
+    ) -> torch.Tensor | None:
         """[N] float weights (1 real, 0 padding) over flattened leading dims, or None for all-real."""
-        if not self.config.exclude_padding or len(lead_shape) < 2:
-            return None  # no token axis (e.g. a pooler on [B, H]): every row counts
-        candidates = [self._token_masks.get(stream), self._token_masks.get("decoder" if stream == "main" else "main")]
-        for m in candidates:
-            if m is not None and tuple(m.shape) == tuple(lead_shape):
-                return m.reshape(-1).to(device=device, dtype=torch.float32)
-        return None
+        m = self._token_masks.get(stream) if self.config.exclude_padding else None
+        if m is None:
+            return None
+        # [B, S] tokens, or the same tokens flattened to [B*S] (OPT's FFN reshapes before fc1/fc2).
+        flat = len(lead_shape) == 1 and m.dim() == 2 and m.numel() == lead_shape[0]
+        if flat or tuple(m.shape) == tuple(lead_shape):
+            return m.reshape(-1).to(device=device, dtype=torch.float32)
+        return None  # no token axis (e.g. a pooler on [B, H]): every row counts
 
     def _make_hook(self, i: int):
         target = self.targets[i]
@@ -185,27 +219,76 @@ class Masker:
 
         return hook
 
+    def _token_stats(
+        self, stream: str, lead_shape: torch.Size, device: torch.device, n: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """([N] fp32 token weights or None = all real, real-token count), cached per forward call.
+
+        Every layer of a stream sees the same tokens: the mask reshape/cast and its sum run once
+        per (stream, shape, device) and forward, not once per layer.
+        """
+        if self._tw_owner is not self._token_masks:  # a new forward call set new token masks
+            self._tw_owner, self._tw_cache = self._token_masks, {}
+        key = (stream, tuple(lead_shape), device)
+        hit = self._tw_cache.get(key)
+        if hit is None:
+            m = self._token_weights(stream, lead_shape, device)
+            # torch.full, not new_tensor: no host-to-device copy per call.
+            count = m.sum() if m is not None else torch.full((), float(n), dtype=torch.float32, device=device)
+            hit = self._tw_cache[key] = (m, count)
+        return hit
+
+    def _chunk_buffer(self, numel: int, device: torch.device) -> torch.Tensor:
+        if device.type != "cpu":
+            return torch.empty(numel, dtype=torch.float32, device=device)  # the caching allocator reuses it
+        if self._scratch is None or self._scratch.numel() < numel:
+            self._scratch = torch.empty(numel, dtype=torch.float32)
+        return self._scratch
+
     @torch.no_grad()
     def _accumulate(self, i: int, target: Target, y: torch.Tensor, cfg: MIGUConfig) -> None:
-        lead = y.shape[:-1]
-        a = y.reshape(-1, y.shape[-1]).float()  # [N, d_out] fp32 even under bf16
-        if not cfg.stat_bias and target.stat_bias is not None:
-            a = (a - target.stat_bias.detach().float()).abs_()  # |w_i . x|: bias left out
-        else:
-            a = a.abs_() if a.dtype != y.dtype else a.abs()  # never write into the model's output
-        m = self._token_weights(target.stream, lead, a.device)  # [N] 1 = real token, or None
-        count = m.sum() if m is not None else a.new_tensor(float(a.shape[0]))
-        w = m
-        if cfg.normalize:
-            # n_t = a_t / sum_j a_tj per token, summed with token weights as one mat-vec:
-            # sum_t m_t n_t = (m / rowsum)^T a, without materializing n.
-            inv = 1.0 / a.sum(dim=1).clamp_min(_EPS)  # [N]
-            w = inv if m is None else m * inv
-        stat = torch.mv(a.t(), w) if w is not None else a.sum(dim=0)  # [d_out]
+        d = y.shape[-1]
+        y2 = y.reshape(-1, d)  # [N, d_out], a view for contiguous outputs
+        n = y2.shape[0]
+        tok, count = self._token_stats(target.stream, y.shape[:-1], y.device, n)  # [N] 1 = real token
+        bias = target.stat_bias.detach() if not cfg.stat_bias and target.stat_bias is not None else None
+        fused_sub = bias is not None and y.dtype == torch.float32 and bias.dtype == torch.float32
+        if bias is not None and not fused_sub:
+            bias = bias.float()  # bf16 outputs: subtract in fp32, as the fp32 reference does
+        budget = _CHUNK_BYTES_CPU if y.device.type == "cpu" else _CHUNK_BYTES_DEVICE
+        rows = max(1, min(n, budget // (4 * d)))
+        buf = self._chunk_buffer(rows * (d + 1), y.device)  # [rows * d_out | rows] fp32
+        stat: torch.Tensor | None = None
+        for s in range(0, n, rows):  # one chunk (one pass) unless the output is large
+            yc = y2[s : s + rows]
+            r = yc.shape[0]
+            a = buf[: r * d].view(r, d)  # [r, d_out] fp32; never written into the model's output
+            if fused_sub:
+                torch.sub(yc, bias, out=a)  # |w_i . x|: the bias left out
+            else:
+                a.copy_(yc)  # fp32 even under bf16, one chunk at a time
+                if bias is not None:
+                    a.sub_(bias)
+            a.abs_()
+            w = tok[s : s + r] if tok is not None else None  # [r]
+            if cfg.normalize:
+                # n_t = a_t / sum_j a_tj per token, summed with token weights as one mat-vec:
+                # sum_t m_t n_t = (m / rowsum)^T a, without materializing n.
+                inv = torch.sum(a, 1, out=buf[rows * d : rows * d + r]).clamp_min_(_EPS).reciprocal_()  # [r]
+                w = inv if w is None else inv.mul_(w)
+            if w is None:
+                part = a.sum(0)  # [d_out]
+                stat = part if stat is None else stat.add_(part)
+            else:
+                stat = torch.mv(a.t(), w) if stat is None else stat.addmv_(a.t(), w)  # [d_out]
+        assert stat is not None
         self._ensure_buffer(target.weight.device)
         assert self._count_view is not None
         self._stat_views[i].add_(stat.to(self._stat_views[i].device))
         self._count_view[i].add_(count.to(self._count_view.device))
+        if i in self._sparse_set:
+            assert self._sparse is not None
+            self._sparse.add(i, stat, count)  # this forward's statistic, read by the sparse backward
 
     # ------------------------------------------------------------------ public API
     @contextlib.contextmanager
@@ -232,65 +315,107 @@ class Masker:
         if self._flat is not None:
             self._flat.zero_()
 
+    def _cut(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor | None]]:
+        """Per target: [d_out] bool keep mask and, for the top-k cut, the [t] masked row indices."""
+        assert self._flat is not None and self._count_view is not None
+        if _distributed_world() > 1:
+            dist.all_reduce(self._flat, op=dist.ReduceOp.SUM)  # ONE collective for all layers
+        keeps: dict[int, torch.Tensor] = {}
+        drops: dict[int, torch.Tensor | None] = {}
+        offset = 0
+        for (d, idx), count_index in zip(self._groups, self._count_index, strict=True):
+            n = len(idx)
+            sums = self._flat[offset : offset + n * d].view(n, d)  # the group is one block: no stack copy
+            offset += n * d
+            stats = sums / self._count_view[count_index].clamp_min(1.0).unsqueeze(1)  # [n, d] means
+            drop: torch.Tensor | None = None
+            if self.config.cut == "quantile":
+                keep = make_keep_masks(stats, self.config.threshold, "quantile")  # [n, d] bool
+            else:
+                k = d - num_masked(self.config.threshold, d)
+                # As make_keep_masks: a stable descending sort, ties to the lower index. The tail of
+                # the order is the masked rows: a fixed count, so zeroing them needs no host sync.
+                order = torch.sort(stats, dim=1, descending=True, stable=True).indices  # [n, d]
+                keep = torch.zeros_like(stats, dtype=torch.bool).scatter_(1, order[:, :k], True)
+                drop = order[:, k:] if k < d else None  # [n, t]
+            for row, i in enumerate(idx):
+                keeps[i] = keep[row]
+                drops[i] = drop[row] if drop is not None else None
+        return keeps, drops
+
     def compute_masks(self) -> dict[str, torch.Tensor]:
         """Masks from the accumulated statistics (after the cross-rank average), without applying."""
         if self._flat is None:
             return {}
-        if _distributed_world() > 1:
-            dist.all_reduce(self._flat, op=dist.ReduceOp.SUM)  # ONE collective for all layers
-        assert self._count_view is not None
-        masks: dict[str, torch.Tensor] = {}
-        for _, idx in self._groups:
-            stats = torch.stack([self._stat_views[i] for i in idx])  # [n, d]
-            stats = stats / self._count_view[idx].clamp_min(1.0).unsqueeze(1)
-            keep = make_keep_masks(stats, self.config.threshold, self.config.cut)  # [n, d] bool
-            for row, i in enumerate(idx):
-                masks[self.targets[i].name] = keep[row]
-        return masks
+        keeps, _ = self._cut()
+        return {self.targets[i].name: keeps[i] for i in range(len(self.targets))}
 
     def apply(self) -> dict[str, torch.Tensor]:
         """Turn the cached statistics into row masks and mask the gradients; reset statistics.
 
         Call once per optimizer step, after ``backward()`` of the last micro-batch and before
         gradient clipping and ``optimizer.step()``. Returns ``masks`` ({name: BoolTensor[d_out]},
-        True = row updated), only for targets that had a gradient.
+        True = row updated), only for targets that had a gradient. With ``sparse_backward`` the
+        gradients of the sparse targets are already masked; their mask is the rows that got a
+        gradient (the union over micro-batches).
         """
         self.steps += 1
         with_grad = [i for i, t in enumerate(self.targets) if t.weight.grad is not None]
         if self.config.skip_first_task and self.task_index == 0:
             self.masks = {
-                self.targets[i].name: torch.ones(self.targets[i].d_out, dtype=torch.bool, device=self.targets[i].weight.device)
-                for i in with_grad
+                t.name: torch.ones(t.d_out, dtype=torch.bool, device=t.weight.device)
+                for t in (self.targets[i] for i in with_grad)
             }
             self.reset()
+            if self._sparse is not None:
+                self._sparse.reset_applied()
             return self.masks
         if with_grad and self._flat is None:
             raise RuntimeError(
                 "MIGU apply() found gradients but no statistics: run the forward pass of the attached "
                 "model (with gradients enabled) before apply()."
             )
-        all_masks = self.compute_masks()
+        keeps, drops = self._cut() if self._flat is not None else ({}, {})
         self.masks = {}
         grads: list[torch.Tensor] = []
         factors: list[torch.Tensor] = []
         self._strict_saved = []
+        mask_bias = self.config.mask_bias
         for i in with_grad:
             t = self.targets[i]
-            keep = all_masks[t.name].to(t.weight.device)
-            self.masks[t.name] = keep
             grad = t.weight.grad
             assert grad is not None
-            row = keep.to(grad.dtype)
-            grads.append(grad)
-            factors.append(row.unsqueeze(1) if t.row_dim == 0 else row.unsqueeze(0))  # broadcast over d_in
-            if self.config.mask_bias and t.bias is not None and t.bias.grad is not None:
-                grads.append(t.bias.grad)
-                factors.append(row)
+            bias_grad = t.bias.grad if mask_bias and t.bias is not None else None
+            if i in self._sparse_set:
+                assert self._sparse is not None
+                applied = self._sparse.applied_mask(i)
+                if applied is not None:  # masked in the backward already
+                    self.masks[t.name] = applied
+                    continue
+            keep = keeps[i].to(t.weight.device)
+            self.masks[t.name] = keep
+            drop = drops[i]
+            if drop is not None:
+                # Zero the masked rows in place: index_fill_ writes t rows and reads nothing, where a
+                # multiply by the 0/1 mask reads and writes all d_out rows.
+                drop = drop.to(grad.device)
+                grad.index_fill_(t.row_dim, drop, 0)
+                if bias_grad is not None:
+                    bias_grad.index_fill_(0, drop, 0)
+            elif self.config.cut == "quantile":  # a data-dependent count: multiply by the mask
+                row = keep.to(grad.dtype)
+                grads.append(grad)
+                factors.append(row.unsqueeze(1) if t.row_dim == 0 else row.unsqueeze(0))  # over d_in
+                if bias_grad is not None:
+                    grads.append(bias_grad)
+                    factors.append(row)
             if self.config.mode == "strict":
-                self._save_for_strict(t, keep)
+                self._save_for_strict(t, keep, drops[i])
         if grads:
             torch._foreach_mul_(grads, factors)  # in-place, one fused launch for all layers
         self.reset()
+        if self._sparse is not None:
+            self._sparse.reset_applied()
         self._token_masks = {}
         return self.masks
 
@@ -306,7 +431,7 @@ class Masker:
         self._optimizer = optimizer
         self._opt_handles = [optimizer.register_step_post_hook(self._restore_strict)]
 
-    def _save_for_strict(self, t: Target, keep: torch.Tensor) -> None:
+    def _save_for_strict(self, t: Target, keep: torch.Tensor, drop: torch.Tensor | None = None) -> None:
         if self._optimizer is None:
             raise RuntimeError(
                 "MIGU strict mode needs the optimizer to keep masked rows fixed: "
@@ -316,25 +441,38 @@ class Masker:
         for p in params:
             if p.grad is None:
                 continue
-            shape_keep = keep if p.dim() == 1 else (keep.unsqueeze(1) if t.row_dim == 0 else keep.unsqueeze(0))
-            state = {
-                k: v.detach().clone()
-                for k, v in self._optimizer.state.get(p, {}).items()
-                if torch.is_tensor(v) and v.shape == p.shape
-            }
-            self._strict_saved.append((p, shape_keep, p.detach().clone(), state))
+            dim = t.row_dim if p.dim() > 1 else 0
+            state = _row_states(self._optimizer, p)
+            if drop is not None:
+                # Top-k cut: save only the masked rows (a fixed count: no host sync) and copy them back
+                # after the step; the kept rows are neither copied nor touched.
+                idx = drop.to(p.device)
+                rows = {k: v.detach().index_select(dim, idx) for k, v in state.items()}
+                self._strict_saved.append((p, dim, idx, p.detach().index_select(dim, idx), rows))
+                continue
+            shape_keep = keep if p.dim() == 1 else keep.unsqueeze(1 - t.row_dim)  # broadcast over d_in
+            full = {k: v.detach().clone() for k, v in state.items()}
+            self._strict_saved.append((p, -1, shape_keep, p.detach().clone(), full))
 
     @torch.no_grad()
     def _restore_strict(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """After the step: masked rows of weights and optimizer state get their old values back."""
-        for p, keep, saved_p, saved_state in self._strict_saved:
-            keepf = keep.to(p.dtype)
+        for p, dim, where, saved_p, saved_state in self._strict_saved:
+            states = _row_states(optimizer, p)
+            if dim >= 0:  # `where` = masked row indices; saved_* = those rows
+                p.index_copy_(dim, where, saved_p)
+                for key, value in states.items():
+                    old = saved_state.get(key)
+                    if old is None:  # state created by this step (first step) starts at 0 for masked rows
+                        value.index_fill_(dim, where, 0)
+                    else:
+                        value.index_copy_(dim, where, old)
+                continue
+            keepf = where.to(p.dtype)  # quantile cut: `where` = broadcast keep mask
             # x*1 + y*0 and x*0 + y are exact: kept rows take the new value, masked rows the old.
             p.mul_(keepf).add_(saved_p.mul_(1 - keepf))
-            for key, value in optimizer.state.get(p, {}).items():
-                if not (torch.is_tensor(value) and value.shape == p.shape):
-                    continue
-                kv = keep.to(value.dtype)
+            for key, value in states.items():
+                kv = where.to(value.dtype)
                 old = saved_state.get(key)
                 value.mul_(kv)  # state created by this step (first step) starts at 0 for masked rows
                 if old is not None:
@@ -344,6 +482,9 @@ class Masker:
     # ------------------------------------------------------------------ teardown
     def detach(self) -> None:
         """Remove every hook; the model is exactly as before attach()."""
+        if self._sparse is not None:
+            self._sparse.uninstall()  # the original nn.Linear modules go back into their parents
+            self._sparse, self._sparse_set = None, frozenset()
         for h in self._handles + self._opt_handles:
             h.remove()
         self._handles, self._opt_handles = [], []
@@ -354,7 +495,9 @@ class Masker:
         self._strict_saved = []
 
     def __repr__(self) -> str:
-        return f"Masker(targets={len(self.targets)}, threshold={self.config.threshold}, mode={self.config.mode})"
+        return (
+            f"Masker(targets={len(self.targets)}, threshold={self.config.threshold}, mode={self.config.mode})"
+        )
 
 
 def attach(

@@ -1,0 +1,38 @@
+"""benchmarks/bench_step.py --smoke --json runs end to end (tiny models, seconds); no speed asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_step.py"
+VARIANTS = {"FT", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)"}
+
+
+def test_bench_step_smoke_json() -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["env"]["torch"] and result["env"]["memory_method"]
+    models = {m["model"]: m for m in result["models"]}
+    assert set(models) == {"t5-tiny", "llama-tiny"}
+    for m in models.values():
+        rows = {r["name"]: r for r in m["variants"]}
+        assert set(rows) == VARIANTS
+        for name, r in rows.items():
+            assert r["median_ms"] > 0 and r["min_ms"] > 0 and r["rounds"] == 2, name
+            assert r["peak_mib"] is not None and r["peak_mib"] > 0, name
+            if r["baseline"] is not None:
+                assert r["baseline"] in rows and r["ratio"] > 0 and r["paired_ratio"] > 0, name
+        assert rows["LoRA+MIGU"]["baseline"] == "LoRA" and rows["FT+MIGU (sparse)"]["baseline"] == "FT"
