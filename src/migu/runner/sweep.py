@@ -150,7 +150,7 @@ def summarize_sweep(sweep_dir: Path, cells: list[Cell]) -> dict[str, Any]:
         for m in METRICS:
             vals = [r[m] for r in group["runs"] if r.get(m) is not None]
             row[f"{m}_mean"] = statistics.fmean(vals) if vals else None
-            row[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+            row[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else None  # undefined for one seed
         row["seeds"] = [r["seed"] for r in group["runs"]]
         row["missing"] = group["missing"]
         rows.append(row)
@@ -160,7 +160,7 @@ def summarize_sweep(sweep_dir: Path, cells: list[Cell]) -> dict[str, Any]:
 def _pct(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
-    return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> str:
@@ -181,7 +181,7 @@ def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> str:
         cells = [str(r[k]) for k in keys] + [str(r["n"])]
         cells += [_pct(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n\nmean ± sample std over seeds\n"
+    table = "\n".join(lines) + "\n\nmean ± sample std over seeds (no std for a single seed)\n"
     atomic_write_text(sweep_dir / "summary.md", table)
     return table
 
