@@ -93,6 +93,8 @@ def test_sweep_grid_override(tmp_path: Path) -> None:
     _write(tmp_path / "run.yaml", "tasks: [a]\n")
     sweep = _write(tmp_path / "sw.yaml", "base: run.yaml\ngrid:\n  migu: [off, on, 0.0]\n  seed: [1, 2, 3]\n")
     _, cells = load_sweep(sweep, ["grid.seed=[7]", "train.lr=0.5"])
+    _, dotted = load_sweep(sweep, ["grid.migu.threshold=[0.1, 0.2]"])
+    assert len(dotted) == 18 and {c.values["migu.threshold"] for c in dotted} == {0.1, 0.2}
     assert [c.values["seed"] for c in cells] == [7, 7, 7]
     # A threshold of 0.0 is MIGU on at T = 0 (plain training through the masker), not "off".
     assert [c.config["migu"] for c in cells] == [None, {}, {"threshold": 0.0}]

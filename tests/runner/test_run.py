@@ -174,3 +174,17 @@ def test_every_method_with_and_without_migu_runs_two_tasks(
     if "replay" in method:
         # 2% of 16 rows rounds to 1 replayed row from task 1 during task 2.
         assert res["timings"][1]["train_rows"] == 16 + 1
+
+
+def test_schedules_bf16_autocast_and_tensorboard(
+    tiny_config: Callable[..., RunConfig], tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        train={"schedule": "cosine", "warmup_ratio": 0.25, "mixed_precision": "bf16"},
+        tensorboard=True,
+        migu={"threshold": 0.5},
+        data={"train_n": 16, "test_n": 8},
+    )
+    res = run(cfg, tmp_path / "run")
+    assert res["complete"] and res["config"]["train"]["mixed_precision"] == "bf16"
+    assert list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"

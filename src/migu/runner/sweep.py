@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from .checkpoint import atomic_write_text
-from .config import ConfigError, apply_overrides, build_run_config, read_yaml_config
+from .config import ConfigError, apply_overrides, build_run_config, read_yaml_config, yaml_load
 from .results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,12 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[st
     """Expand a sweep file into cells (validating each cell's config before any training)."""
     overrides = list(overrides or [])
     # ``grid.seed=[42]`` narrows or changes the grid itself; other overrides apply to every cell.
-    spec = apply_overrides(read_yaml_config(path), [o for o in overrides if o.startswith("grid.")])
+    spec = read_yaml_config(path)
     grid = spec.pop("grid", None)
+    for text in (o for o in overrides if o.startswith("grid.")):
+        key, value = text[len("grid.") :].split("=", 1) if "=" in text else (text, "")
+        grid = {**(grid or {}), key: yaml_load(value)}  # grid keys are dotted names: not split
+
     name = spec.pop("name", Path(path).stem)
     common = list(spec.pop("overrides", []) or []) + [o for o in overrides if not o.startswith("grid.")]
     if not isinstance(grid, dict) or not grid:
