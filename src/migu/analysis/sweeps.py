@@ -156,6 +156,11 @@ class Group:
         return [r.get("seed") for r in self.runs]
 
 
+def _value_label(value: Any) -> Any:
+    """A grid value as shown: an override bundle (recipe) by its ``label``."""
+    return value.get("label", value) if isinstance(value, dict) else value
+
+
 def group_cells(sweeps: Sequence[Sweep]) -> list[Group]:
     """Finished cells of all ``sweeps`` grouped by (method, MIGU setting, other grid values)."""
     groups: dict[tuple[Any, ...], Group] = {}
@@ -164,10 +169,13 @@ def group_cells(sweeps: Sequence[Sweep]) -> list[Group]:
             if cell.results is None:
                 continue
             t, comps = migu_setting(cell.results)
+            method = cell.results.get("method")
             extra = ", ".join(
-                f"{k}={v}"
+                f"{k}={_value_label(v)}"
                 for k, v in cell.values.items()
-                if k not in _GROUPING_KEYS and not k.startswith("migu.")
+                if k not in _GROUPING_KEYS
+                and not k.startswith("migu.")
+                and _value_label(v) != method  # a recipe bundle named after its method says nothing new
             )
             key = (cell.results.get("method"), t, tuple(sorted(comps)) if comps else None, extra)
             group = groups.setdefault(key, Group(str(cell.results.get("method")), t, comps, extra))
