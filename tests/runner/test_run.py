@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from migu.benchmarks import DataError
 from migu.engine import Masker
@@ -185,6 +188,17 @@ def test_schedules_bf16_autocast_and_tensorboard(
         migu={"threshold": 0.5},
         data={"train_n": 16, "test_n": 8},
     )
-    res = run(cfg, tmp_path / "run")
+    # Accelerate keeps one mixed-precision setting per process: run bf16 in a fresh process.
+    path = tmp_path / "bf16.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "migu.cli", "run", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = load_results(out)
     assert res["complete"] and res["config"]["train"]["mixed_precision"] == "bf16"
-    assert list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert list((out / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"
