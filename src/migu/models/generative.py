@@ -46,6 +46,16 @@ def _mean_nll(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits[mask].float(), targets[mask])
 
 
+def _per_example(scores: Sequence[float], examples: Sequence[ExampleLike]) -> list[list[float]]:
+    """Flat (example, option) scores back into one list per example, in option order."""
+    out: list[list[float]] = []
+    pos = 0
+    for ex in examples:
+        out.append(list(scores[pos : pos + len(ex.options)]))
+        pos += len(ex.options)
+    return out
+
+
 class GenerativeFamily(ModelFamily):
     """Shared pieces: EOS/pad resolution, label tokenization, generation settings."""
 
@@ -199,11 +209,7 @@ class Seq2SeqFamily(GenerativeFamily):
             ).logits
             logp = torch.zeros(labels.shape, dtype=torch.float32, device=device)
             logp[labels != IGNORE] = _token_logprobs(logits, labels)
-            pair_scores = logp.sum(dim=1).tolist()
-            pos = 0
-            for ex in part:
-                out.append(pair_scores[pos : pos + len(ex.options)])
-                pos += len(ex.options)
+            out.extend(_per_example(logp.sum(dim=1).tolist(), part))
         return out
 
     def generate(self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32) -> list[str]:
@@ -313,12 +319,7 @@ class CausalFamily(GenerativeFamily):
             logp = torch.zeros(targets.shape, dtype=torch.float32, device=device)
             logp[targets != IGNORE] = _token_logprobs(logits[:, :-1], targets)
             scores.extend(logp.sum(dim=1).tolist())
-        out: list[list[float]] = []
-        pos = 0
-        for ex in examples:
-            out.append(scores[pos : pos + len(ex.options)])
-            pos += len(ex.options)
-        return out
+        return _per_example(scores, examples)
 
     def generate(self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32) -> list[str]:
         device = model_device(model)
