@@ -19,6 +19,10 @@ machine), and peak memory:
   the variant's parameters, gradients, optimizer state, MIGU buffers and activations, and is
   independent of what glibc does with freed pages (unlike an RSS delta).
 
+CPU allocator: by default (``--malloc steady``) the script asks glibc to keep freed memory for
+reuse instead of unmapping it each step (see :func:`steady_malloc`); with glibc's defaults
+(``--malloc default``) page faults add a few percent of noise per variant. The JSON records which.
+
 Examples::
 
     python benchmarks/bench_step.py --model minilm --batch 16 --length 128 --rounds 15
@@ -207,6 +211,35 @@ def run_rounds(variants: list[Variant], batch: dict, rounds: int, warmup: int, s
             log.debug("round %d: %s", r - warmup, {v.name: round(v.times[-1] * 1e3, 1) for v in variants})
 
 
+# ------------------------------------------------------------------------------------- allocator
+# glibc's mallopt parameters (malloc.h): allocations above M_MMAP_THRESHOLD get their own mmap, and
+# free heap above M_TRIM_THRESHOLD goes back to the kernel.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper bound on 64-bit
+
+
+def steady_malloc() -> bool:
+    """Make glibc keep freed CPU memory for reuse (as jemalloc/tcmalloc do); True if it applied.
+
+    With glibc's defaults every step unmaps large activation buffers and faults them back in:
+    tens of thousands of page faults per MiniLM step, whose count drifts with each variant's
+    allocation history and moves a step by a few percent either way. That noise is the
+    allocator's, not MIGU's; this setting removes most of it for all variants alike.
+    """
+    import ctypes
+    import ctypes.util
+
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+    return ok and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
 # ---------------------------------------------------------------------------------------- memory
 def peak_memory(
     builders: dict[str, Callable[[], Variant]], batch: dict, device: torch.device
@@ -304,8 +337,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, malloc: str) -> dict[str, Any]:
     env: dict[str, Any] = {
+        "malloc": malloc,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
@@ -329,7 +363,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     names = [v for v in VARIANTS if v in args.variants]
     variants = [build_variant(v, base, family, args.threshold, args.seed) for v in names]
     log.info(
-        "%s: %.1fM params, batch %d, length %d, %d warmup + %d rounds, threshold %.2f, %s, %d threads",
+        "%s: %.1fM params, batch %d, length %d, %d warmup + %d rounds, threshold %.2f, %s, "
+        "%d threads, malloc %s",
         name,
         sum(p.numel() for p in base.parameters()) / 1e6,
         args.batch,
@@ -339,6 +374,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         args.threshold,
         device,
         torch.get_num_threads(),
+        args.malloc,
     )
     run_rounds(variants, batch, args.rounds, args.warmup, args.seed, device)
     timings_only = [Variant(v.name, v.model, v.optimizer, None, v.times) for v in variants]
@@ -377,6 +413,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument(
+        "--malloc",
+        choices=("steady", "default"),
+        default="steady",
+        help="CPU: 'steady' keeps freed memory for reuse (glibc mallopt; see steady_malloc), "
+        "'default' leaves glibc as it is",
+    )
     p.add_argument("--smoke", action="store_true", help="seconds: tiny models, batch 2, length 16, 2 rounds")
     p.add_argument(
         "--json", nargs="?", const="-", default=None, help="write results as JSON to PATH (or stdout)"
@@ -408,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("migu").setLevel(logging.WARNING)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result = {"env": environment(device), "command": " ".join(sys.argv), "models": []}
+    malloc = "default"
+    if args.malloc == "steady" and device.type == "cpu":
+        malloc = "steady" if steady_malloc() else "default (mallopt unavailable)"
+    result = {"env": environment(device, malloc), "command": " ".join(sys.argv), "models": []}
     for name in args.models:
         result["models"].append(bench_model(name, args, device))
     if args.json is not None:

@@ -255,10 +255,16 @@ class Masker:
         fused_sub = bias is not None and y.dtype == torch.float32 and bias.dtype == torch.float32
         if bias is not None and not fused_sub:
             bias = bias.float()  # bf16 outputs: subtract in fp32, as the fp32 reference does
+        self._ensure_buffer(target.weight.device)
+        into = self._stat_views[i]  # [d_out] fp32 slot of this target in the flat buffer
+        # Usually the chunks add straight into the flat buffer (no per-layer temporary, no extra add);
+        # a sparse target also needs this forward's statistic alone, and a model split over devices
+        # sums on the output's device first.
+        direct = i not in self._sparse_set and into.device == y.device
         budget = _CHUNK_BYTES_CPU if y.device.type == "cpu" else _CHUNK_BYTES_DEVICE
         rows = max(1, min(n, budget // (4 * d)))
         buf = self._chunk_buffer(rows * (d + 1), y.device)  # [rows * d_out | rows] fp32
-        stat: torch.Tensor | None = None
+        stat: torch.Tensor | None = into if direct else None
         for s in range(0, n, rows):  # one chunk (one pass) unless the output is large
             yc = y2[s : s + rows]
             r = yc.shape[0]
@@ -281,10 +287,9 @@ class Masker:
                 stat = part if stat is None else stat.add_(part)
             else:
                 stat = torch.mv(a.t(), w) if stat is None else stat.addmv_(a.t(), w)  # [d_out]
-        assert stat is not None
-        self._ensure_buffer(target.weight.device)
-        assert self._count_view is not None
-        self._stat_views[i].add_(stat.to(self._stat_views[i].device))
+        assert stat is not None and self._count_view is not None
+        if not direct:
+            into.add_(stat.to(into.device))
         self._count_view[i].add_(count.to(self._count_view.device))
         if i in self._sparse_set:
             assert self._sparse is not None
