@@ -23,9 +23,14 @@ CPU allocator: by default (``--malloc steady``) the script asks glibc to keep fr
 reuse instead of unmapping it each step (see :func:`steady_malloc`); with glibc's defaults
 (``--malloc default``) page faults add a few percent of noise per variant. The JSON records which.
 
+Processes: where each variant's tensors land in memory differs from process to process and moves
+a ratio by about ±1% for the whole run, which more rounds cannot average out. ``--repeat N`` runs
+the measurement in N fresh processes and reports the median and range of their ratios.
+
 Examples::
 
     python benchmarks/bench_step.py --model minilm --batch 16 --length 128 --rounds 15
+    python benchmarks/bench_step.py --model minilm --rounds 20 --repeat 5   # 5 fresh processes
     python benchmarks/bench_step.py --model t5-small,llama-small --rounds 5
     python benchmarks/bench_step.py --smoke --json          # seconds; JSON on stdout
 """
@@ -41,7 +46,9 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -424,6 +431,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--json", nargs="?", const="-", default=None, help="write results as JSON to PATH (or stdout)"
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the whole measurement in N fresh processes and report the median (and range) of\n"
+        "their ratios: each process lays out memory differently, which moves a ratio by ~1%%",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every round")
     args = p.parse_args(argv)
     if args.smoke:
@@ -440,7 +454,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown --variants {bad}; choose from {VARIANTS}")
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     return args
+
+
+# ---------------------------------------------------------------------------------------- repeats
+def repeat_runs(argv: list[str], n: int) -> list[dict[str, Any]]:
+    """The results of ``n`` fresh processes running this script with ``argv`` (one run each)."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(n):
+            out = Path(tmp) / f"run{k}.json"
+            log.info("repeat %d/%d (fresh process)", k + 1, n)
+            # argparse keeps the last occurrence of an option: these override the caller's.
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--repeat", "1", "--json", str(out)]
+            subprocess.run(cmd, check=True)
+            runs.append(json.loads(out.read_text()))
+    return runs
+
+
+def combine_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and variant: the median over runs of each run's numbers, with their range."""
+    models = []
+    for m, first in enumerate(runs[0]["models"]):
+        rows = []
+        for v, row in enumerate(first["variants"]):
+            per_run = [run["models"][m]["variants"][v] for run in runs]
+            out: dict[str, Any] = {"name": row["name"], "baseline": row["baseline"], "runs": len(runs)}
+            for key in ("median_ms", "min_ms", "peak_mib", "ratio", "paired_ratio", "mem_ratio"):
+                values = [r[key] for r in per_run if r.get(key) is not None]
+                if values:
+                    out[key] = statistics.median(values)
+                    out[f"{key}_range"] = [min(values), max(values)]
+            rows.append(out)
+        models.append({**{k: v for k, v in first.items() if k != "variants"}, "variants": rows})
+    return models
+
+
+def repeat_table(rows: list[dict[str, Any]]) -> str:
+    def cell(r: dict[str, Any], key: str) -> str:
+        if key not in r:
+            return "-"
+        lo, hi = r[f"{key}_range"]
+        return f"{r[key]:.3f} ({lo:.3f}-{hi:.3f})"
+
+    lines = [
+        f"| variant ({rows[0]['runs']} processes) | median ms | ratio of medians: median (range) "
+        "| paired ratio: median (range) | peak MiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        base = f" (vs {r['baseline']})" if r["baseline"] else ""
+        peak = f"{r['peak_mib']:.1f}" if "peak_mib" in r else "-"
+        lines.append(
+            f"| {r['name']}{base} | {r['median_ms']:.1f} | {cell(r, 'ratio')} | {cell(r, 'paired_ratio')} "
+            f"| {peak} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,9 +525,16 @@ def main(argv: list[str] | None = None) -> int:
     malloc = "default"
     if args.malloc == "steady" and device.type == "cpu":
         malloc = "steady" if steady_malloc() else "default (mallopt unavailable)"
-    result = {"env": environment(device, malloc), "command": " ".join(sys.argv), "models": []}
-    for name in args.models:
-        result["models"].append(bench_model(name, args, device))
+    result: dict[str, Any] = {"env": environment(device, malloc), "command": " ".join(sys.argv)}
+    if args.repeat > 1:
+        runs = repeat_runs(list(sys.argv[1:] if argv is None else argv), args.repeat)
+        result["env"] = runs[0]["env"]
+        result["models"] = combine_runs(runs)
+        result["runs"] = runs
+        for m in result["models"]:
+            log.info("%s, %d fresh processes\n%s", m["model"], args.repeat, repeat_table(m["variants"]))
+    else:
+        result["models"] = [bench_model(name, args, device) for name in args.models]
     if args.json is not None:
         text = json.dumps(result, indent=2)
         if args.json == "-":

@@ -25,6 +25,8 @@ def test_bench_step_smoke_json() -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout)
     assert result["env"]["torch"] and result["env"]["memory_method"]
+    # CPU default: glibc asked to keep freed memory (see steady_malloc); says so when it cannot
+    assert result["env"]["malloc"] in {"steady", "default (mallopt unavailable)"}
     models = {m["model"]: m for m in result["models"]}
     assert set(models) == {"t5-tiny", "llama-tiny"}
     for m in models.values():
@@ -36,3 +38,29 @@ def test_bench_step_smoke_json() -> None:
             if r["baseline"] is not None:
                 assert r["baseline"] in rows and r["ratio"] > 0 and r["paired_ratio"] > 0, name
         assert rows["LoRA+MIGU"]["baseline"] == "LoRA" and rows["FT+MIGU (sparse)"]["baseline"] == "FT"
+
+
+def test_bench_step_repeat_combines_fresh_processes() -> None:
+    """--repeat N runs N child processes and reports, per variant, the median and range of their ratios."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    args = ["--smoke", "--model", "llama-tiny", "--variants", "FT,FT+MIGU (grad)", "--no-memory"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--repeat", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert len(result["runs"]) == 2
+    (model,) = result["models"]
+    rows = {r["name"]: r for r in model["variants"]}
+    assert set(rows) == {"FT", "FT+MIGU (grad)"}
+    migu_row = rows["FT+MIGU (grad)"]
+    per_run = [run["models"][0]["variants"][1]["paired_ratio"] for run in result["runs"]]
+    assert migu_row["runs"] == 2 and migu_row["paired_ratio_range"] == [min(per_run), max(per_run)]
+    assert min(per_run) <= migu_row["paired_ratio"] <= max(per_run)
+    assert "ratio" not in rows["FT"]  # a baseline has no ratio to itself
+    assert "2 processes" in proc.stderr

@@ -279,3 +279,34 @@ def test_decoder_only_model_with_decoder_in_names_uses_attention_mask(make_batch
     for name in names:
         ref = ref_stat(rows_of(_module(model, name).weight), xs[name], [batch["attention_mask"]])
         assert _close(stats[name], ref), name
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 700])  # one token per chunk; a few tokens, ragged tail
+@pytest.mark.parametrize("sparse", [False, True])  # into the flat buffer directly; via a per-forward sum
+def test_chunked_statistic_matches_reference(
+    tiny_model, make_batch, monkeypatch, chunk_bytes, sparse
+) -> None:
+    """Outputs larger than the chunk budget are read in token chunks: same statistic, also accumulated."""
+    import migu.engine.masker as masker_module
+
+    monkeypatch.setattr(masker_module, "_CHUNK_BYTES_CPU", chunk_bytes)
+    model = randomize_biases(tiny_model("bert"))
+    masker = migu.attach(model, migu.MIGUConfig(threshold=0.5, sparse_backward=sparse))
+    names = [t.name for t in masker.targets]
+    batches = [make_batch(3, 6, lengths=[6, 4, 2], seed=0), make_batch(2, 5, lengths=[5, 1], seed=1)]
+    captured = []
+    for batch in batches:  # two micro-batches before one apply(): statistics accumulate
+        with capture_inputs(model, names) as xs:
+            out = model(**batch)
+        out.last_hidden_state.pow(2).mean().backward()
+        captured.append(xs)
+    stats = masker.statistics()
+    for name in names:
+        rows = rows_of(_module(model, name).weight)
+        # Mean over the real tokens of both micro-batches, from the float64 reference sums.
+        sums = [
+            ref_stat(rows, xs[name], [b["attention_mask"]]) * b["attention_mask"].sum()
+            for xs, b in zip(captured, batches, strict=True)
+        ]
+        ref = (sums[0] + sums[1]) / sum(float(b["attention_mask"].sum()) for b in batches)
+        assert _close(stats[name], ref), name

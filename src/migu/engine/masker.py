@@ -270,12 +270,14 @@ class Masker:
             r = yc.shape[0]
             a = buf[: r * d].view(r, d)  # [r, d_out] fp32; never written into the model's output
             if fused_sub:
-                torch.sub(yc, bias, out=a)  # |w_i . x|: the bias left out
+                torch.sub(yc, bias, out=a).abs_()  # |w_i . x|: the bias left out
+            elif bias is None and yc.dtype == torch.float32:
+                torch.abs(yc, out=a)  # no bias (T5, Llama): one read, one write
             else:
                 a.copy_(yc)  # fp32 even under bf16, one chunk at a time
                 if bias is not None:
                     a.sub_(bias)
-            a.abs_()
+                a.abs_()
             w = tok[s : s + r] if tok is not None else None  # [r]
             if cfg.normalize:
                 # n_t = a_t / sum_j a_tj per token, summed with token weights as one mat-vec:
