@@ -521,19 +521,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
     logging.getLogger("migu").setLevel(logging.WARNING)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    malloc = "default"
-    if args.malloc == "steady" and device.type == "cpu":
-        malloc = "steady" if steady_malloc() else "default (mallopt unavailable)"
-    result: dict[str, Any] = {"env": environment(device, malloc), "command": " ".join(sys.argv)}
-    if args.repeat > 1:
+    result: dict[str, Any] = {"command": " ".join(sys.argv)}
+    if args.repeat > 1:  # the children set up the allocator and measure; this process only combines
         runs = repeat_runs(list(sys.argv[1:] if argv is None else argv), args.repeat)
-        result["env"] = runs[0]["env"]
-        result["models"] = combine_runs(runs)
-        result["runs"] = runs
+        result.update(env=runs[0]["env"], models=combine_runs(runs), runs=runs)
         for m in result["models"]:
             log.info("%s, %d fresh processes\n%s", m["model"], args.repeat, repeat_table(m["variants"]))
     else:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        malloc = "default"
+        if args.malloc == "steady" and device.type == "cpu":
+            malloc = "steady" if steady_malloc() else "default (mallopt unavailable)"
+        result["env"] = environment(device, malloc)
         result["models"] = [bench_model(name, args, device) for name in args.models]
     if args.json is not None:
         text = json.dumps(result, indent=2)

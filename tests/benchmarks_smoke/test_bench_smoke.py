@@ -12,10 +12,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_step.py"
 VARIANTS = {"FT", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)"}
 
 
-def test_bench_step_smoke_json() -> None:
+def _bench(*args: str) -> tuple[dict, str]:
+    """(the JSON result, stderr) of ``bench_step.py ARGS --json`` in a subprocess, one thread."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--json"],
+        [sys.executable, str(SCRIPT), *args, "--json"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -23,7 +24,11 @@ def test_bench_step_smoke_json() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout)
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_bench_step_smoke_json() -> None:
+    result, _ = _bench("--smoke")
     assert result["env"]["torch"] and result["env"]["memory_method"]
     # CPU default: glibc asked to keep freed memory (see steady_malloc); says so when it cannot
     assert result["env"]["malloc"] in {"steady", "default (mallopt unavailable)"}
@@ -42,18 +47,8 @@ def test_bench_step_smoke_json() -> None:
 
 def test_bench_step_repeat_combines_fresh_processes() -> None:
     """--repeat N runs N child processes and reports, per variant, the median and range of their ratios."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     args = ["--smoke", "--model", "llama-tiny", "--variants", "FT,FT+MIGU (grad)", "--no-memory"]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--repeat", "2", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout)
+    result, stderr = _bench(*args, "--repeat", "2")
     assert len(result["runs"]) == 2
     (model,) = result["models"]
     rows = {r["name"]: r for r in model["variants"]}
@@ -63,4 +58,4 @@ def test_bench_step_repeat_combines_fresh_processes() -> None:
     assert migu_row["runs"] == 2 and migu_row["paired_ratio_range"] == [min(per_run), max(per_run)]
     assert min(per_run) <= migu_row["paired_ratio"] <= max(per_run)
     assert "ratio" not in rows["FT"]  # a baseline has no ratio to itself
-    assert "2 processes" in proc.stderr
+    assert "2 processes" in stderr
