@@ -6,8 +6,11 @@ rotates each round), so machine noise hits all variants alike. A step is forward
 ``masker.apply()`` + AdamW ``step()`` + ``zero_grad()``. Dropout stays on (train mode) and is
 reseeded identically for every variant of a round.
 
-Variants (baseline in brackets): FT; FT+MIGU (grad) [FT]; FT+MIGU (strict) [FT]; LoRA (peft,
-r=8, q/v); LoRA+MIGU [LoRA]; FT+MIGU (sparse) [FT] (``sparse_backward=True``).
+Variants (baseline in brackets): FT; FT (A/A) [FT]: a second, identical FT model, whose ratio is
+the noise floor of the run (no variant can be told from FT by less); FT+MIGU (grad) [FT];
+FT+MIGU (strict) [FT]; LoRA (peft, r=8, q/v); LoRA+MIGU [LoRA]; FT+MIGU (sparse) [FT]
+(``sparse_backward=True``). Every variant uses the same AdamW implementation (``--optimizer``,
+default fused, as ``migu run``).
 
 Reports per variant: median step time, the ratio of medians to its baseline, the median of the
 per-round paired ratios (variant / baseline within one round: robust to drift on a shared
@@ -59,12 +62,14 @@ import torch
 from torch import nn
 
 import migu
+from migu.runner.optim import build_adamw
 
 log = logging.getLogger("bench_step")
 
-VARIANTS = ("FT", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)")
+VARIANTS = ("FT", "FT (A/A)", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)")
 BASELINE = {
     "FT": None,
+    "FT (A/A)": "FT",
     "FT+MIGU (grad)": "FT",
     "FT+MIGU (strict)": "FT",
     "LoRA": None,
@@ -167,8 +172,14 @@ class Variant:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def build_variant(name: str, base: nn.Module, family: str, threshold: float, seed: int) -> Variant:
-    """A fresh copy of ``base`` (identical weights) set up as variant ``name``."""
+def build_variant(
+    name: str, base: nn.Module, family: str, threshold: float, seed: int, optimizer: str = "fused"
+) -> Variant:
+    """A fresh copy of ``base`` (identical weights) set up as variant ``name``.
+
+    ``optimizer``: the AdamW implementation (:func:`migu.runner.optim.build_adamw`), the same for
+    every variant.
+    """
     model = copy.deepcopy(base)
     lora = name.startswith("LoRA")
     if lora:
@@ -178,7 +189,7 @@ def build_variant(name: str, base: nn.Module, family: str, threshold: float, see
         cfg = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS[family])
         model = get_peft_model(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4 if lora else 1e-5, weight_decay=0.01)
+    opt = build_adamw(params, lr=1e-4 if lora else 1e-5, weight_decay=0.01, impl=optimizer)
     masker = None
     if name in ("FT+MIGU (grad)", "LoRA+MIGU"):
         masker = migu.attach(model, migu.MIGUConfig(threshold=threshold))
@@ -368,10 +379,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     base.to(device)
     batch = make_batch(base, family, args.batch, args.length, args.seed, device)
     names = [v for v in VARIANTS if v in args.variants]
-    variants = [build_variant(v, base, family, args.threshold, args.seed) for v in names]
+    variants = [build_variant(v, base, family, args.threshold, args.seed, args.optimizer) for v in names]
     log.info(
         "%s: %.1fM params, batch %d, length %d, %d warmup + %d rounds, threshold %.2f, %s, "
-        "%d threads, malloc %s",
+        "%d threads, malloc %s, AdamW %s",
         name,
         sum(p.numel() for p in base.parameters()) / 1e6,
         args.batch,
@@ -382,6 +393,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         device,
         torch.get_num_threads(),
         args.malloc,
+        args.optimizer,
     )
     run_rounds(variants, batch, args.rounds, args.warmup, args.seed, device)
     timings_only = [Variant(v.name, v.model, v.optimizer, None, v.times) for v in variants]
@@ -389,7 +401,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     gc.collect()
     memory: dict[str, float] = {}
     if not args.no_memory:
-        builders = {v: (lambda v=v: build_variant(v, base, family, args.threshold, args.seed)) for v in names}
+        builders = {
+            v: (lambda v=v: build_variant(v, base, family, args.threshold, args.seed, args.optimizer))
+            for v in names
+        }
         memory = peak_memory(builders, batch, device)
     rows = summarize(timings_only, memory)
     log.info("%s\n%s", name, table(rows))
@@ -400,6 +415,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         "batch": args.batch,
         "length": args.length,
         "threshold": args.threshold,
+        "optimizer": args.optimizer,
         "rounds": args.rounds,
         "warmup": args.warmup,
         "variants": rows,
@@ -426,6 +442,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="steady",
         help="CPU: 'steady' keeps freed memory for reuse (glibc mallopt; see steady_malloc), "
         "'default' leaves glibc as it is",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=("fused", "foreach", "for-loop"),
+        default="fused",
+        help="AdamW implementation for every variant (default fused, as `migu run` uses; for-loop\n"
+        "shows the CPU sqrt cost of MIGU's all-zero second-moment rows, see the README)",
     )
     p.add_argument("--smoke", action="store_true", help="seconds: tiny models, batch 2, length 16, 2 rounds")
     p.add_argument(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_step.py"
-VARIANTS = {"FT", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)"}
+VARIANTS = {"FT", "FT (A/A)", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)"}
 
 
 def _bench(*args: str) -> tuple[dict, str]:
@@ -43,11 +43,14 @@ def test_bench_step_smoke_json() -> None:
             if r["baseline"] is not None:
                 assert r["baseline"] in rows and r["ratio"] > 0 and r["paired_ratio"] > 0, name
         assert rows["LoRA+MIGU"]["baseline"] == "LoRA" and rows["FT+MIGU (sparse)"]["baseline"] == "FT"
+        assert rows["FT (A/A)"]["baseline"] == "FT"  # the run's noise floor
+        assert m["optimizer"] == "fused"  # the runner's default AdamW
 
 
 def test_bench_step_repeat_combines_fresh_processes() -> None:
     """--repeat N runs N child processes and reports, per variant, the median and range of their ratios."""
     args = ["--smoke", "--model", "llama-tiny", "--variants", "FT,FT+MIGU (grad)", "--no-memory"]
+    args += ["--optimizer", "for-loop"]
     result, stderr = _bench(*args, "--repeat", "2")
     assert len(result["runs"]) == 2
     (model,) = result["models"]
@@ -58,4 +61,7 @@ def test_bench_step_repeat_combines_fresh_processes() -> None:
     assert migu_row["runs"] == 2 and migu_row["paired_ratio_range"] == [min(per_run), max(per_run)]
     assert min(per_run) <= migu_row["paired_ratio"] <= max(per_run)
     assert "ratio" not in rows["FT"]  # a baseline has no ratio to itself
+    assert model["optimizer"] == "for-loop" and all(
+        run["models"][0]["optimizer"] == "for-loop" for run in result["runs"]
+    )
     assert "2 processes" in stderr

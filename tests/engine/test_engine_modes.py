@@ -44,10 +44,16 @@ def test_grad_mode_sgd_masked_rows_stay_kept_rows_move(tiny_model, make_batch, k
             assert bool((w[keep] != w0[keep]).any(dim=1).all()), t.name  # every kept row moved
 
 
-def _adamw_run(tiny_model, make_batch, mode: str):
+# torch's three AdamW implementations (the runner defaults to fused): the same rows must hold.
+ADAMW_IMPLS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def _adamw_run(tiny_model, make_batch, mode: str, impl: str = "for-loop"):
     """Yields, per step, (masker, masks, params before, state before, optimizer)."""
     model = randomize_biases(tiny_model("bert"))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1, **ADAMW_IMPLS[impl]
+    )
     masker = migu.attach(model, migu.MIGUConfig(threshold=0.5, mode=mode), optimizer=opt)
     others = {n: p.detach().clone() for n, p in model.named_parameters() if "embeddings.word" in n}
     for step in range(STEPS):
@@ -70,9 +76,11 @@ def _adamw_run(tiny_model, make_batch, mode: str):
             assert not torch.equal(p.detach(), others[n])  # non-target parameters train normally
 
 
-def test_strict_mode_adamw_masked_rows_bit_identical(tiny_model, make_batch) -> None:
+@pytest.mark.parametrize("impl", list(ADAMW_IMPLS))
+def test_strict_mode_adamw_masked_rows_bit_identical(tiny_model, make_batch, impl: str) -> None:
     history: list[dict[str, torch.Tensor]] = []
-    for step, (masker, masks, params, state, opt) in enumerate(_adamw_run(tiny_model, make_batch, "strict")):
+    run = _adamw_run(tiny_model, make_batch, "strict", impl)
+    for step, (masker, masks, params, state, opt) in enumerate(run):
         history.append(masks)
         for t in masker.targets:
             keep = masks[t.name]

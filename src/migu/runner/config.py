@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from .optim import OPTIMIZER_IMPLS
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
@@ -75,6 +77,8 @@ class TrainConfig:
     schedule: str = "constant"  # constant | linear | cosine
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
+    # AdamW kernel: auto (fused where torch has one) | fused | foreach | for-loop; see runner/optim.py
+    optimizer_impl: str = "auto"
     mixed_precision: str = "no"  # no | bf16
     eval_batch_size: int = 64
     log_every: int = 10
@@ -97,6 +101,11 @@ class TrainConfig:
             raise ConfigError(f"train.schedule must be constant, linear or cosine, got {self.schedule!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.optimizer_impl not in OPTIMIZER_IMPLS:
+            raise ConfigError(
+                f"train.optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, "
+                f"got {self.optimizer_impl!r}"
+            )
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if len(self.betas) != 2:

@@ -24,6 +24,7 @@ from transformers import get_scheduler
 from ..engine import MIGUConfig, attach
 from ..methods.base import CLMethod
 from ..metrics import accuracy, macro_f1
+from .optim import build_adamw
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,12 @@ def train_task(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError(f"method {method.name!r} left no trainable parameters for task {task_name!r}")
-    optimizer = torch.optim.AdamW(
-        params, lr=train_cfg.lr, betas=train_cfg.betas, weight_decay=train_cfg.weight_decay
+    optimizer = build_adamw(
+        params,
+        lr=train_cfg.lr,
+        betas=train_cfg.betas,
+        weight_decay=train_cfg.weight_decay,
+        impl=train_cfg.optimizer_impl,
     )
     masker = attach(model, migu_config, optimizer) if migu_config is not None else None
     if masker is not None:
