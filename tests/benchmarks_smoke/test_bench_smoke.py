@@ -65,3 +65,24 @@ def test_bench_step_repeat_combines_fresh_processes() -> None:
         run["models"][0]["optimizer"] == "for-loop" for run in result["runs"]
     )
     assert "2 processes" in stderr
+
+
+def test_bench_adamw_smoke_json() -> None:
+    """benchmarks/bench_adamw.py --smoke: every implementation timed dense and with zero rows."""
+    script = SCRIPT.with_name("bench_adamw.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert set(result["sqrt_ms"]) == {"positive", "zeros", "zero_rows"}
+    assert all(v > 0 for v in result["sqrt_ms"].values())
+    assert set(result["adamw_ms"]) == {"for-loop", "foreach", "fused"}
+    for impl, r in result["adamw_ms"].items():
+        assert r["dense"] > 0 and r["zero_rows"] > 0, impl
+        assert r["ratio"] == r["zero_rows"] / r["dense"], impl
+    assert "| fused |" in proc.stderr
