@@ -3,9 +3,10 @@
 Why fused by default: it updates each tensor in one pass instead of torch's per-tensor chain of
 ops, and it sidesteps a CPU cost that MIGU itself causes. Rows that MIGU has masked since the start
 of a task have a second moment (``exp_avg_sq``) of exactly 0, and torch's CPU ``sqrt`` kernel is
-about 4x slower on exact zeros than on positive values; the for-loop and foreach AdamW take that
+4-8x slower on exact zeros than on positive values; the for-loop and foreach AdamW take that
 ``sqrt`` on every step, the fused kernel does not pay it. Measured with
-``benchmarks/bench_step.py --optimizer`` (README, performance). All implementations compute the
+``benchmarks/bench_adamw.py`` and ``benchmarks/bench_step.py --optimizer`` (README,
+performance). All implementations compute the
 same update (to floating-point rounding), MIGU's strict mode included.
 """
 
