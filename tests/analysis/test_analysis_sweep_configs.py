@@ -27,6 +27,7 @@ def test_every_sweep_config_expands_with_known_methods() -> None:
         "threshold_ft",
         "threshold_lora",
         "components",
+        "proxy_lr",
     }
     for f in files:
         for cell in load_sweep(f)[1]:
@@ -46,6 +47,16 @@ def test_proxy_threshold() -> None:
     cells = _cells("proxy_threshold")
     assert [c.config["migu"]["threshold"] for c in cells] == [0.0, 0.3, 0.5, 0.7, 0.9]
     assert all(c.config["method"]["name"] == "ft" for c in cells)
+
+
+def test_proxy_lr() -> None:
+    """3 learning rates x MIGU off/on x 2 seeds, all FT on the for-loop AdamW of the earlier runs."""
+    cells = _cells("proxy_lr")
+    grid = {(c.config["train"]["lr"], repr(c.config["migu"]), c.config["seed"]) for c in cells}
+    assert len(cells) == len(grid) == 12
+    assert {g[0] for g in grid} == {3e-5, 1e-4, 3e-4} and {g[1] for g in grid} == {"None", "{}"}
+    assert all(c.config["method"]["name"] == "ft" for c in cells)
+    assert all(c.config["train"]["optimizer_impl"] == "for-loop" for c in cells)
 
 
 @pytest.mark.parametrize("name", ["threshold_ft", "threshold_lora"])
