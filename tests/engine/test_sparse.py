@@ -433,3 +433,34 @@ def test_no_sync_guard_sees_the_sparse_backward(tiny_model, make_batch, monkeypa
     loss = model(**batch).loss
     with pytest.raises(HostSyncError, match="tolist"), no_host_sync_in_migu():
         loss.backward()
+
+
+class _CountSorts(TorchDispatchMode):
+    """Counts aten.sort calls (the masks' sorts) under the mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sorts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func.overloadpacket in (torch.ops.aten.sort,):
+            self.sorts += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layers", [2, 4])
+def test_sparse_masks_sort_once_per_width_group(tiny_model, make_batch, layers: int) -> None:
+    """The kept rows of all sparse layers come from two sorts per group of equal width and forward,
+    however many layers there are (BERT: hidden and FFN width = 2 groups)."""
+    model = tiny_model("bert", head="seq-cls", num_hidden_layers=layers)
+    batch = make_batch(3, 7, lengths=[7, 5, 2])
+    batch["labels"] = torch.tensor([0, 1, 1])
+    masker = migu.attach(model, migu.MIGUConfig(threshold=T, sparse_backward=True))
+    assert len(masker._sparse_set) == 6 * layers
+    for _ in range(2):  # a second forward makes its own masks
+        loss = model(**batch).loss
+        with _CountSorts() as counter:
+            loss.backward()
+        assert counter.sorts == 2 * 2
+        masker.apply()
+        model.zero_grad(set_to_none=True)

@@ -156,21 +156,30 @@ class SparseLinear(nn.Linear):
 class SparseBackward:
     """Installs :class:`SparseLinear` for a masker's eligible targets; owns the micro-batch statistic.
 
-    Buffers (fp32, one flat tensor per forward): ``[stat of sparse target 0 | ... | counts]``.
+    Buffers (fp32, one flat tensor per forward): ``[stats of the sparse targets | counts]``, the
+    targets ordered by width so that each group of equal ``d_out`` is one ``[n, d]`` block.
     """
 
     def __init__(self, masker: Masker) -> None:
         self.masker = masker
         self.mask_bias = bool(masker.config.mask_bias)
         self.indices = self._eligible(masker)
+        widths: dict[int, list[int]] = {}
+        for i in self.indices:
+            widths.setdefault(masker.targets[i].d_out, []).append(i)
         self._offset: dict[int, tuple[int, int, int]] = {}  # target -> (start, d_out, count slot)
-        offset = 0
-        for slot, i in enumerate(self.indices):
-            d = masker.targets[i].d_out
-            self._offset[i] = (offset, d, slot)
-            offset += d
+        # per width: (d_out, targets, start of the [n, d] block, first count slot)
+        self._groups: list[tuple[int, list[int], int, int]] = []
+        offset = slot = 0
+        for d, idx in widths.items():
+            self._groups.append((d, idx, offset, slot))
+            for i in idx:
+                self._offset[i] = (offset, d, slot)
+                offset, slot = offset + d, slot + 1
         self._total = offset
         self._buffer: torch.Tensor | None = None  # this forward's statistic (a new tensor per forward)
+        # The kept rows of every sparse target, made from one forward's buffer at its first backward.
+        self._kept: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
         self._applied: torch.Tensor | None = None  # [total] bool: rows that got a gradient this step
         self._swapped: list[tuple[nn.Module, str, nn.Linear, SparseLinear]] = []
         self._handles: list[Any] = []
@@ -225,7 +234,7 @@ class SparseBackward:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self._buffer = None
+        self._buffer = self._kept = None
 
     # ------------------------------------------------------------------ statistic
     def _new_forward(self, module: nn.Module, args: Any) -> None:
@@ -256,18 +265,31 @@ class SparseBackward:
     def keep_rows(self, i: int, buffer: torch.Tensor, device: torch.device) -> torch.Tensor | None:
         """[k] ascending indices of the rows of target ``i`` that keep their gradient; None = all."""
         cfg = self.masker.config
-        start, d, slot = self._offset[i]
-        k = d - _num_masked(cfg.threshold, d)
-        if k >= d or (cfg.skip_first_task and self.masker.task_index == 0):
+        _, d, _ = self._offset[i]
+        if d - _num_masked(cfg.threshold, d) >= d or (cfg.skip_first_task and self.masker.task_index == 0):
             self._mark_applied(i, None, device)
             return None
-        # The same arithmetic as Masker.compute_masks (mean = sum / count, stable descending sort,
-        # ties to the lower index), so the rows are those apply() would keep.
-        stat = buffer[start : start + d] / buffer[self._total + slot].clamp_min(1.0)  # [d_out]
-        order = torch.sort(stat, descending=True, stable=True).indices[:k]  # [k]
-        keep = order.sort().values.to(device)  # ascending: the gather reads each row of g in order
+        if self._kept is None or self._kept[0] is not buffer:
+            self._kept = (buffer, self._kept_rows(buffer))  # the first layer whose backward runs
+        keep = self._kept[1][i].to(device)
         self._mark_applied(i, keep, device)
         return keep
+
+    def _kept_rows(self, buffer: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Per sparse target: [k] ascending kept rows; two sorts per width group, not per layer.
+
+        The same arithmetic as Masker._cut (mean = sum / count, stable descending sort, ties to the
+        lower index), so the rows are those apply() would keep.
+        """
+        out: dict[int, torch.Tensor] = {}
+        for d, idx, start, slot in self._groups:
+            n, k = len(idx), d - _num_masked(self.masker.config.threshold, d)
+            counts = buffer[self._total + slot : self._total + slot + n].clamp_min(1.0)  # [n]
+            stats = buffer[start : start + n * d].view(n, d) / counts.unsqueeze(1)  # [n, d] means
+            order = torch.sort(stats, dim=1, descending=True, stable=True).indices[:, :k]  # [n, k]
+            kept = order.sort(dim=1).values  # ascending: the gather reads each row of g in order
+            out.update(zip(idx, kept, strict=True))
+        return out
 
     def _mark_applied(self, i: int, keep: torch.Tensor | None, device: torch.device) -> None:
         start, d, _ = self._offset[i]
