@@ -144,3 +144,26 @@ def test_sweep_command(table_sweep: Path, tmp_path: Path) -> None:
     assert summary[0][:7] == ["method", "migu", "threshold", "components", "other", "n", "seeds"]
     assert len(summary) == 1 + 4
     assert (tmp_path / "violin_acc.png").is_file() and not (tmp_path / "threshold.csv").exists()
+
+
+def test_analyze_a_learning_rate_sweep(make_sweep, tmp_path: Path) -> None:
+    """A numeric grid key besides MIGU and seed (train.lr) gets an ACC curve per MIGU setting."""
+    cells = []
+    for lr in (3e-5, 1e-4, 3e-4):
+        for on in (False, True):
+            for seed in (42, 1024):
+                acc = (0.6 if not on else 0.4 + 1000 * lr) + (0.02 if seed == 42 else 0.0)
+                setting = {"threshold": 0.7, "preset": "paper", "mode": "grad"} if on else None
+                res = fake_results("ft", setting, seed, acc)
+                values = {"train.lr": lr, "migu": "on" if on else "off", "seed": seed}
+                cells.append((f"lr-{lr}_migu-{'on' if on else 'off'}_seed-{seed}", values, res))
+    sweep = make_sweep(tmp_path / "lr", "proxy_lr", cells)
+    res = analyze_sweeps([sweep], tmp_path / "out")
+    ax = res.figures["acc_vs_lr"].axes[0]
+    assert ax.get_xlabel() == "train.lr" and ax.get_xscale() == "log"  # 3e-5..3e-4 spans 10x
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
+    assert set(lines) == {"FT", "FT+MIGU T=0.7"}
+    np.testing.assert_allclose(lines["FT"].get_xdata(), [3e-5, 1e-4, 3e-4])
+    np.testing.assert_allclose(lines["FT"].get_ydata(), [61.0, 61.0, 61.0])  # mean of 62 and 60
+    np.testing.assert_allclose(lines["FT+MIGU T=0.7"].get_ydata(), [44.0, 51.0, 71.0])
+    assert (tmp_path / "out" / "acc_vs_lr.png").is_file()

@@ -392,3 +392,37 @@ def plot_threshold_curve(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def plot_grid_value_curve(
+    curves: Mapping[str, Sequence[tuple[float, float, float, int]]], key: str, title: str
+) -> Figure:
+    """ACC (%) vs one numeric grid value (e.g. ``train.lr``) per series (method, MIGU setting):
+    mean with ± std bars over seeds; a log x axis when the values span 10x or more."""
+    fig = Figure(figsize=(6.8, 4.4), layout="constrained")
+    ax = fig.subplots()
+    xs: list[float] = []
+    for i, (label, pts) in enumerate(curves.items()):
+        x = np.array([p[0] for p in pts])
+        mean = 100 * np.array([p[1] for p in pts])
+        std = 100 * np.array([p[2] for p in pts])
+        ax.errorbar(
+            x,
+            mean,
+            yerr=std if np.any(std > 0) else None,
+            label=label,
+            capsize=3,
+            markersize=6,
+            **series_style(i, len(curves)),
+        )
+        xs.extend(x.tolist())
+    if min(xs) > 0 and max(xs) / min(xs) > 9.999:  # 10x, robust to 3e-4 / 3e-5 = 9.999...
+        ax.set_xscale("log")
+    ax.set_xticks(sorted(set(xs)))
+    ax.set_xticklabels([f"{v:g}" for v in sorted(set(xs))])
+    ax.set_xlabel(key)
+    ax.set_ylabel("ACC after the last task (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

@@ -247,6 +247,34 @@ def threshold_data(
     return curves, {m: b for m, b in base.items() if m in curves}
 
 
+def grid_value_data(groups: Sequence[Group]) -> tuple[str, dict[str, list[tuple[float, float, float, int]]]]:
+    """ACC curves over one numeric grid key besides MIGU and seed (e.g. ``train.lr``).
+
+    Returns (key, {"FT" / "FT+MIGU T=0.7": [(value, mean, std, n)]}) for series with >= 2 values;
+    ("", {}) when the groups vary no single numeric key.
+    """
+    key = ""
+    curves: dict[str, list[tuple[float, float, float, int]]] = {}
+    for g in groups:
+        name, sep, text = g.extra.partition("=")
+        if not sep or ", " in g.extra:
+            continue  # no other grid key, or more than one
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        if key and name != key:
+            return "", {}  # two different keys: no single x axis
+        mean, std = g.mean_std("acc")
+        if mean is None:
+            continue
+        key = name
+        label = method_name(g.method) + ("" if g.threshold is None else f"+MIGU {g.setting}")
+        curves.setdefault(label, []).append((value, mean, std or 0.0, len(g.runs)))
+    curves = {k: sorted(c) for k, c in curves.items() if len(c) >= 2}
+    return (key, curves) if curves else ("", {})
+
+
 def components_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]] | None:
     """Header and rows of the components ablation, or None if fewer than two component sets ran."""
     on = [g for g in groups if g.threshold is not None and not g.extra]
@@ -333,6 +361,11 @@ def sweep_figures(groups: Sequence[Group], title: str) -> tuple[dict[str, Figure
         )
     else:
         notes.append("no method ran at two or more MIGU thresholds: no threshold curve")
+    key, value_curves = grid_value_data(groups)
+    if value_curves:
+        figures[f"acc_vs_{key.split('.')[-1]}"] = plots.plot_grid_value_curve(
+            value_curves, key, f"ACC vs {key} ({title})"
+        )
     return figures, notes
 
 
