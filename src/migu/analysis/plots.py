@@ -418,6 +418,7 @@ def plot_grid_value_curve(
         xs.extend(x.tolist())
     if min(xs) > 0 and max(xs) / min(xs) > 9.999:  # 10x, robust to 3e-4 / 3e-5 = 9.999...
         ax.set_xscale("log")
+        ax.minorticks_off()  # label the grid values only
     ax.set_xticks(sorted(set(xs)))
     ax.set_xticklabels([f"{v:g}" for v in sorted(set(xs))])
     ax.set_xlabel(key)
