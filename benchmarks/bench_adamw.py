@@ -22,17 +22,15 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-from bench_step import steady_malloc  # this script's directory is on sys.path when run
+from bench_step import steady_malloc, write_json  # this script's directory is on sys.path when run
 
 from migu.runner.optim import build_adamw
 
@@ -133,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for impl, r in result["adamw_ms"].items():
         log.info("| %s | %.2f | %.2f | %.2f |", impl, r["dense"], r["zero_rows"], r["ratio"])
     if args.json is not None:
-        text = json.dumps(result, indent=2)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(result, args.json)
     return 0
 
 

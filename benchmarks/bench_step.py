@@ -537,6 +537,15 @@ def repeat_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_json(result: dict[str, Any], dest: str) -> None:
+    """``--json`` output: ``dest`` is a path, or ``-`` for stdout (logs go to stderr)."""
+    text = json.dumps(result, indent=2) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+    else:
+        Path(dest).write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Logs go to stderr so that `--json` (stdout) stays machine-readable.
@@ -558,11 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         result["env"] = environment(device, malloc)
         result["models"] = [bench_model(name, args, device) for name in args.models]
     if args.json is not None:
-        text = json.dumps(result, indent=2)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(result, args.json)
     return 0
 
 

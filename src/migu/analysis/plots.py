@@ -353,6 +353,17 @@ def plot_violins(groups: Mapping[str, Mapping[str, Sequence[float]]], title: str
     return fig
 
 
+def _mean_std_series(
+    ax: Axes, pts: Sequence[tuple[float, float, float, int]], label: str, style: Mapping[str, Any]
+) -> None:
+    """One curve of (x, mean, std, n) points: ACC in %, ± std bars where any std is non-zero."""
+    x = np.array([p[0] for p in pts])
+    mean = 100 * np.array([p[1] for p in pts])
+    std = 100 * np.array([p[2] for p in pts])
+    yerr = std if np.any(std > 0) else None
+    ax.errorbar(x, mean, yerr=yerr, label=label, capsize=3, markersize=6, **style)
+
+
 def plot_threshold_curve(
     curves: Mapping[str, Sequence[tuple[float, float, float, int]]],
     baselines: Mapping[str, tuple[float, float, int]],
@@ -369,18 +380,7 @@ def plot_threshold_curve(
         style = series_style(i, len(methods))
         pts = sorted(curves.get(method, []))
         if pts:
-            t = np.array([p[0] for p in pts])
-            mean = 100 * np.array([p[1] for p in pts])
-            std = 100 * np.array([p[2] for p in pts])
-            ax.errorbar(
-                t,
-                mean,
-                yerr=std if np.any(std > 0) else None,
-                label=f"{method}+MIGU",
-                capsize=3,
-                markersize=6,
-                **style,
-            )
+            _mean_std_series(ax, pts, f"{method}+MIGU", style)
         if method in baselines:
             m = 100 * baselines[method][0]
             ax.axhline(m, color=style["color"], linestyle=":", linewidth=1.4, label=f"{method} without MIGU")
@@ -403,19 +403,8 @@ def plot_grid_value_curve(
     ax = fig.subplots()
     xs: list[float] = []
     for i, (label, pts) in enumerate(curves.items()):
-        x = np.array([p[0] for p in pts])
-        mean = 100 * np.array([p[1] for p in pts])
-        std = 100 * np.array([p[2] for p in pts])
-        ax.errorbar(
-            x,
-            mean,
-            yerr=std if np.any(std > 0) else None,
-            label=label,
-            capsize=3,
-            markersize=6,
-            **series_style(i, len(curves)),
-        )
-        xs.extend(x.tolist())
+        _mean_std_series(ax, pts, label, series_style(i, len(curves)))
+        xs.extend(p[0] for p in pts)
     if min(xs) > 0 and max(xs) / min(xs) > 9.999:  # 10x, robust to 3e-4 / 3e-5 = 9.999...
         ax.set_xscale("log")
         ax.minorticks_off()  # label the grid values only

@@ -65,6 +65,14 @@ def make_keep_masks(stats: torch.Tensor, threshold: float, cut: str = "topk") ->
     return _topk_split(stats, threshold)[0]
 
 
+def rank_rows(stats: torch.Tensor) -> torch.Tensor:
+    """[n, d] row indices of each layer, largest statistic first; ties to the lower index (stable).
+
+    The one ordering every top-k mask uses (dense ``apply()`` and the sparse backward alike).
+    """
+    return torch.sort(stats, dim=1, descending=True, stable=True).indices
+
+
 def _topk_split(stats: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """([n, d] bool keep mask, [n, t] masked row indices or None when no row is masked).
 
@@ -76,7 +84,7 @@ def _topk_split(stats: torch.Tensor, threshold: float) -> tuple[torch.Tensor, to
     k = d - num_masked(threshold, d)
     if k >= d:
         return torch.ones_like(stats, dtype=torch.bool), None
-    order = torch.sort(stats, dim=1, descending=True, stable=True).indices  # [n, d]
+    order = rank_rows(stats)  # [n, d]
     keep = torch.zeros_like(stats, dtype=torch.bool).scatter_(1, order[:, :k], True)
     return keep, order[:, k:]
 

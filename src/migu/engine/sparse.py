@@ -266,7 +266,7 @@ class SparseBackward:
         """[k] ascending indices of the rows of target ``i`` that keep their gradient; None = all."""
         cfg = self.masker.config
         _, d, _ = self._offset[i]
-        if d - _num_masked(cfg.threshold, d) >= d or (cfg.skip_first_task and self.masker.task_index == 0):
+        if _num_masked(cfg.threshold, d) == 0 or (cfg.skip_first_task and self.masker.task_index == 0):
             self._mark_applied(i, None, device)
             return None
         if self._kept is None or self._kept[0] is not buffer:
@@ -278,16 +278,17 @@ class SparseBackward:
     def _kept_rows(self, buffer: torch.Tensor) -> dict[int, torch.Tensor]:
         """Per sparse target: [k] ascending kept rows; two sorts per width group, not per layer.
 
-        The same arithmetic as Masker._cut (mean = sum / count, stable descending sort, ties to the
-        lower index), so the rows are those apply() would keep.
+        The same arithmetic as Masker._cut (mean = sum / count, then :func:`rank_rows`), so the rows
+        are those apply() would keep.
         """
+        from .masker import rank_rows  # late import: masker imports this module
+
         out: dict[int, torch.Tensor] = {}
         for d, idx, start, slot in self._groups:
             n, k = len(idx), d - _num_masked(self.masker.config.threshold, d)
             counts = buffer[self._total + slot : self._total + slot + n].clamp_min(1.0)  # [n]
             stats = buffer[start : start + n * d].view(n, d) / counts.unsqueeze(1)  # [n, d] means
-            order = torch.sort(stats, dim=1, descending=True, stable=True).indices[:, :k]  # [n, k]
-            kept = order.sort(dim=1).values  # ascending: the gather reads each row of g in order
+            kept = rank_rows(stats)[:, :k].sort(dim=1).values  # [n, k] ascending: g is read in order
             out.update(zip(idx, kept, strict=True))
         return out
 

@@ -6,8 +6,8 @@ of a task have a second moment (``exp_avg_sq``) of exactly 0, and torch's CPU ``
 4-8x slower on exact zeros than on positive values; the for-loop and foreach AdamW take that
 ``sqrt`` on every step, the fused kernel does not pay it. Measured with
 ``benchmarks/bench_adamw.py`` and ``benchmarks/bench_step.py --optimizer`` (README,
-performance). All implementations compute the
-same update (to floating-point rounding), MIGU's strict mode included.
+performance). All implementations compute the same update (to floating-point rounding), MIGU's
+strict mode included.
 """
 
 from __future__ import annotations
