@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from models_testlib import tiny_config
-from runner.conftest import write_benchmark
+from support.data import write_benchmark
+from support.models import tiny_config
 
 from migu.cli import main
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from support.engine_reference import randomize_biases
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -24,20 +25,10 @@ ATOL, RTOL = 1e-6, 1e-5
 T = 0.5
 
 
-def _randomize_biases(model: nn.Module, seed: int = 7) -> nn.Module:
-    """HF inits biases to 0: give them values so that leaving the bias out (or not) matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model
-
-
 def _case(kind: str, tiny_model, make_batch, seed: int = 0) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """A tiny model with a training loss, and a padded batch."""
     if kind == "bert":
-        model = _randomize_biases(tiny_model("bert", head="seq-cls"))
+        model = randomize_biases(tiny_model("bert", head="seq-cls"))
         batch = make_batch(3, 7, lengths=[7, 5, 2], seed=seed)
         batch["labels"] = torch.tensor([0, 1, 1])
     elif kind == "llama":

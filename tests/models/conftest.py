@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import torch
-from models_testlib import TOY_ROWS, Ex, make_example, save_tiny_tokenizer, tiny_family
+from support.examples import TOY_ROWS, Ex, make_example
+from support.models import save_tiny_tokenizer, tiny_family
 
 from migu.models import ModelFamily
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded; on a shared CPU, extra threads mostly wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A saved ~120-token WordPiece tokenizer (see ``models_testlib.save_tiny_tokenizer``)."""
+    """A saved ~120-token WordPiece tokenizer (see ``support.models.save_tiny_tokenizer``)."""
     return str(save_tiny_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer")))
 
 

@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from models_testlib import tiny_config as tiny_model_init
+from support.data import write_benchmark
+from support.models import tiny_config as tiny_model_init
 
 from migu.runner.config import RunConfig, build_run_config
-
-AG_LABELS = ["World", "Sports", "Business", "Science or Technology"]
-AMAZON_LABELS = ["very negative", "negative", "neutral", "positive", "very positive"]
-# One keyword per label: a tiny model can learn these in a few steps.
-KEYWORDS = {
-    "World": "summit",
-    "Sports": "goal",
-    "Business": "shares",
-    "Science or Technology": "chip",
-    "very negative": "awful",
-    "negative": "bad",
-    "neutral": "okay",
-    "positive": "good",
-    "very positive": "superb",
-}
-
-
-def _rows(prefix: str, n: int, labels: list[str]) -> list[dict[str, str]]:
-    return [
-        {
-            "sentence": f"{prefix} {i} {KEYWORDS[labels[i % len(labels)]]} text",
-            "label": labels[i % len(labels)],
-        }
-        for i in range(n)
-    ]
-
-
-def write_benchmark(root: Path, n_train: int = 48, n_test: int = 24) -> Path:
-    """agnews (TC/agnews) and amazon (SC/amazon) in CL_Benchmark layout."""
-    for rel, labels in (("TC/agnews", AG_LABELS), ("SC/amazon", AMAZON_LABELS)):
-        d = root / rel
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "labels.json").write_text(json.dumps(labels))
-        (d / "train.json").write_text(json.dumps(_rows(f"{rel} train", n_train, labels)))
-        (d / "test.json").write_text(json.dumps(_rows(f"{rel} test", n_test, labels)))
-    return root
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from real_data import REAL_ROOT
+from support.data import REAL_ROOT
 
 from migu.benchmarks import DataError, get_order, load_task, load_tasks
 

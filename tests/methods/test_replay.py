@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
-from methods_support import ENCODER_SPEC, tiny_encoder
+from support.methods import ENCODER_SPEC, tiny_encoder
 from torch import nn
 
 from migu.methods import FTReplay, LoRAReplay, get_method, replay_count

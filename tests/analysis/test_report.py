@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fake_results
+from support.results import fake_results
 
 from migu.analysis import plots
 from migu.analysis.report import build_report

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from methods_support import FAMILIES, run_task, tiny_encoder, train_steps
 from peft.tuners.lora import LoraLayer
+from support.methods import FAMILIES, run_task, tiny_encoder, train_steps
 from torch import nn
 
 from migu.methods import ModelSpec, OIncLoRA

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models_testlib import tiny_config
-from real_data import REAL_ROOT, needs_real_data
+from support.data import REAL_ROOT, needs_real_data
+from support.models import tiny_config
 
 from migu.runner.config import build_run_config
 from migu.runner.run import run

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_reference import randomize_biases
+from support.engine_reference import randomize_biases
 
 import migu
 

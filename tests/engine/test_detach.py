@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from engine_reference import ToyLM, randomize_biases
+from support.engine_reference import ToyLM, randomize_biases
 from torch import nn
 
 import migu

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from engine_reference import ToyLM, expected_masked, randomize_biases, ref_keep
+from support.engine_reference import ToyLM, expected_masked, randomize_biases, ref_keep
 
 import migu
 from migu.engine import make_keep_masks, num_masked

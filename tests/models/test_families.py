@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from models_testlib import GENERATIVE, KINDS, SENTIMENT, TOPIC, Ex, make_example
 from peft import LoraConfig, get_peft_model
+from support.examples import SENTIMENT, TOPIC, Ex, make_example
+from support.models import GENERATIVE, KINDS
 
 from migu import MIGUConfig, attach
 from migu.engine.targets import component_of

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from methods_support import FAMILIES, logits, run_task, snapshot, train_steps, trainable
 from peft.tuners.lora import LoraLayer
+from support.methods import FAMILIES, logits, run_task, snapshot, train_steps, trainable
 from torch import nn
 
 from migu.methods import IncLoRA, OIncLoRA

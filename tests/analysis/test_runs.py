@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RUN_TASKS, RUN_THRESHOLD
+from support.results import RUN_TASKS, RUN_THRESHOLD
 
 from migu.analysis.similarity import SimilarityOutput, compute_similarity, format_similarity
 from migu.cli import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from models_testlib import Ex, make_example
+from support.examples import Ex, make_example
 
 from migu.models import fit_prompt
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import transformers
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from migu.methods import CLMethod, ModelSpec
+
+from .models import build_tiny_model
 
 VOCAB = 40
 N_LABELS = 4
@@ -77,21 +78,7 @@ class TinyEncoderClassifier(nn.Module):
 
 
 def tiny_t5(seed: int = 0) -> nn.Module:
-    config = transformers.AutoConfig.for_model(
-        "t5",
-        vocab_size=VOCAB,
-        d_model=16,
-        d_kv=8,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=2,
-        d_ff=24,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return transformers.AutoModelForSeq2SeqLM.from_config(config)
+    return build_tiny_model("t5", head="seq2seq-lm", seed=seed, vocab_size=VOCAB)
 
 
 def tiny_encoder(seed: int = 0, **kwargs: int) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from models_testlib import LABEL_SPACE, TOY_ROWS, make_example
+from support.examples import LABEL_SPACE, TOY_ROWS, make_example
 
 from migu.models import EncoderFamily, ModelConfig, build_family
 

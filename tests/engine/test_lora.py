@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_reference import (
+from peft import LoraConfig, get_peft_model
+from support.engine_reference import (
     assert_keep_matches,
     capture_inputs,
     randomize_biases,
@@ -13,7 +14,6 @@ from engine_reference import (
     rows_of,
     token_outputs,
 )
-from peft import LoraConfig, get_peft_model
 
 import migu
 

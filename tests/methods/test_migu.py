@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_support import FAMILIES, run_task
+from support.methods import FAMILIES, run_task
 
 from migu import MIGUConfig, attach
 from migu.engine import num_masked

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from models_testlib import LABEL_SPACE, make_example, tiny_config
+from support.examples import LABEL_SPACE, make_example
+from support.models import tiny_config
 from transformers import AutoConfig
 
 from migu.models import HUB_ALIASES, ModelConfig, build_family, detect_family, minilm_dir, resolve_model_name

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_reference import (
+from support.engine_reference import (
     assert_keep_matches,
     capture_inputs,
     randomize_biases,

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from methods_support import (
+from peft.tuners.lora import LoraLayer
+from support.methods import (
     ENCODER_SPEC,
     FAMILIES,
     logits,
@@ -17,7 +18,6 @@ from methods_support import (
     tiny_t5,
     trainable,
 )
-from peft.tuners.lora import LoraLayer
 
 from migu.methods import LoRA, ModelSpec, get_method
 

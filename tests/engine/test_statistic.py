@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from engine_reference import (
+from support.engine_reference import (
     assert_keep_matches,
     capture_inputs,
     randomize_biases,

@@ -1,0 +1,1 @@
+"""Shared test support: tiny models, toy data, benchmark writers, slow references (no downloads)."""
