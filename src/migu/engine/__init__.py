@@ -1,17 +1,28 @@
-"""The MIGU engine: statistics, masks, presets, LoRA support, distributed reduction, callback."""
+"""The MIGU engine: statistics, token streams, cut, strict mode, sparse backward, callback.
 
-from .config import PRESETS, MIGUConfig
-from .masker import Masker, attach, make_keep_masks, num_masked
-from .targets import Target, component_of, resolve_targets
+Depends on torch (and peft for LoRA targets) only. ``masker`` holds the forward statistic and
+``apply()``; ``cut`` the row selection; ``tokens`` which tokens are real and which stream each
+target reads; ``strict`` the optional bit-exact restore of masked rows; ``sparse`` the opt-in
+row-sparse weight-gradient backward; ``targets`` which weights are watched.
+"""
+
+from .config import COMPONENTS, PRESETS, MIGUConfig
+from .cut import make_keep_masks, num_kept, num_masked, rank_rows
+from .masker import Masker, attach
+from .targets import Target, component_of, is_lora_layer, resolve_targets
 
 __all__ = [
+    "COMPONENTS",
     "PRESETS",
     "MIGUConfig",
     "Masker",
     "Target",
     "attach",
     "component_of",
+    "is_lora_layer",
     "make_keep_masks",
+    "num_kept",
     "num_masked",
+    "rank_rows",
     "resolve_targets",
 ]

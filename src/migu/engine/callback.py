@@ -16,6 +16,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from .config import MIGUConfig
 from .masker import Masker, attach
+from .strict import inner_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,11 @@ class MIGUCallback(TrainerCallback):
         if self.masker is None:
             raise RuntimeError("MIGUCallback: on_pre_optimizer_step before on_train_begin")
         optimizer = kwargs.get("optimizer")
-        if self.config.mode == "strict" and optimizer is not None and self.masker._optimizer is not optimizer:
+        if (
+            self.config.mode == "strict"
+            and optimizer is not None
+            and self.masker.optimizer is not inner_optimizer(optimizer)
+        ):
             self.masker.bind_optimizer(optimizer)
         self.masker.apply()
 

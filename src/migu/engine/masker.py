@@ -16,9 +16,7 @@ the top d_out - floor(T d_out) rows of each weight and zeroes the gradient of th
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +25,11 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import MIGUConfig
+from .cut import quantile_keep, topk_split
 from .sparse import SparseBackward
+from .strict import StrictRestore
 from .targets import Target, resolve_targets
+from .tokens import TokenMasks
 
 log = logging.getLogger(__name__)
 
@@ -40,58 +41,6 @@ _EPS = 1e-12
 # from 128 KB to 16 MB measured the same on MiniLM (README, performance).
 _CHUNK_BYTES_CPU = 4 << 20
 _CHUNK_BYTES_DEVICE = 64 << 20
-
-
-def num_masked(threshold: float, d_out: int) -> int:
-    """floor(T * d_out), robust to binary float error (0.29 * 100 is 28.999...)."""
-    return math.floor(round(threshold * d_out, 6))
-
-
-def make_keep_masks(stats: torch.Tensor, threshold: float, cut: str = "topk") -> torch.Tensor:
-    """Row masks for a stack of statistics.
-
-    Args:
-        stats: [n_layers, d_out] fp32 statistics, larger = more important.
-        threshold: T in [0, 1).
-        cut: ``"topk"`` keeps exactly d_out - floor(T d_out) rows, ties to the lower index;
-            ``"quantile"`` keeps rows >= the T-quantile (the authors' code; ties keep more).
-
-    Returns:
-        [n_layers, d_out] bool, True = the row keeps its gradient.
-    """
-    if cut == "quantile":
-        q = torch.quantile(stats, threshold, dim=1, keepdim=True)  # [n, 1]
-        return stats >= q
-    return _topk_split(stats, threshold)[0]
-
-
-def rank_rows(stats: torch.Tensor) -> torch.Tensor:
-    """[n, d] row indices of each layer, largest statistic first; ties to the lower index (stable).
-
-    The one ordering every top-k mask uses (dense ``apply()`` and the sparse backward alike).
-    """
-    return torch.sort(stats, dim=1, descending=True, stable=True).indices
-
-
-def _topk_split(stats: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """([n, d] bool keep mask, [n, t] masked row indices or None when no row is masked).
-
-    Keeps exactly d - floor(T d) rows per layer. A stable descending sort puts equal values in
-    index order, so ties go to the lower index; the tail of the order is the masked rows, a fixed
-    count, so zeroing them needs no host sync.
-    """
-    d = stats.shape[1]
-    k = d - num_masked(threshold, d)
-    if k >= d:
-        return torch.ones_like(stats, dtype=torch.bool), None
-    order = rank_rows(stats)  # [n, d]
-    keep = torch.zeros_like(stats, dtype=torch.bool).scatter_(1, order[:, :k], True)
-    return keep, order[:, k:]
-
-
-def _row_states(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The optimizer state tensors of ``p`` shaped like ``p`` (moments), by key."""
-    return {k: v for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v) and v.shape == p.shape}
 
 
 def _distributed_world() -> int:
@@ -112,12 +61,8 @@ class Masker:
         self.masks: dict[str, torch.Tensor] = {}
         self._force_collect = False
         self._handles: list[Any] = []
-        self._opt_handles: list[Any] = []
-        self._optimizer: torch.optim.Optimizer | None = None
-        # strict mode, per parameter: (param, dim of rows, masked row indices or a broadcast keep mask,
-        # saved masked rows / saved param, saved optimizer state)
-        self._strict_saved: list[tuple[nn.Parameter, int, torch.Tensor, torch.Tensor, dict[str, Any]]] = []
-        self._token_masks: dict[str, torch.Tensor | None] = {}
+        self._strict = StrictRestore()
+        self._tokens = TokenMasks(model, config.exclude_padding)
         # Targets grouped by d_out so each group's statistics are one [n, d] block: masks of a
         # whole group come from one sort instead of one per layer.
         groups: dict[int, list[int]] = {}
@@ -130,13 +75,9 @@ class Masker:
         self._count_view: torch.Tensor | None = None
         self._count_index: list[torch.Tensor] = []  # per group: its targets' count slots (device tensor)
         self._scratch: torch.Tensor | None = None  # CPU chunk buffer of the statistic (see _CHUNK_BYTES_CPU)
-        # Token weights and counts, computed once per forward call and (stream, shape), not per layer.
-        self._tw_owner: dict[str, torch.Tensor | None] | None = None
-        self._tw_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = {}
         self._sparse: SparseBackward | None = None
         self._sparse_set: frozenset[int] = frozenset()
-        self._forward_params = self._forward_parameter_names(model)
-        self._handles.append(model.register_forward_pre_hook(self._capture_token_masks, with_kwargs=True))
+        self._handles.append(model.register_forward_pre_hook(self._tokens.capture, with_kwargs=True))
         for i, t in enumerate(self.targets):
             self._handles.append(t.hook_module.register_forward_hook(self._make_hook(i)))
         if config.sparse_backward:
@@ -176,54 +117,6 @@ class Masker:
         self._count_index = [torch.tensor(idx, device=device) for _, idx in self._groups]
 
     # ------------------------------------------------------------------ forward
-    @staticmethod
-    def _forward_parameter_names(model: nn.Module) -> list[str] | None:
-        try:
-            params = inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            return None
-        names = [
-            n
-            for n, p in params.items()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"
-        ]
-        return names
-
-    def _capture_token_masks(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Remember which tokens are real for this forward call (padding excluded)."""
-        call = dict(kwargs)
-        if args and self._forward_params:
-            call.update(zip(self._forward_params, args, strict=False))
-        main = call.get("attention_mask")
-        main = main if torch.is_tensor(main) else None
-        dec = call.get("decoder_attention_mask")
-        dec = dec if torch.is_tensor(dec) else None
-        config = getattr(module, "config", None)
-        if config is None:  # DDP / DataParallel keep the model in .module
-            config = getattr(getattr(module, "module", None), "config", None)
-        enc_dec = bool(getattr(config, "is_encoder_decoder", False))
-        labels = call.get("labels")
-        if dec is None and enc_dec and torch.is_tensor(labels) and labels.dim() == 2:
-            # Seq2seq without an explicit decoder mask: decoder position t is real iff labels[t] is, also
-            # next to decoder_input_ids (labels shifted right, as DataCollatorForSeq2Seq makes them).
-            dec = labels != -100
-        # A decoder-only model naming its blocks "decoder" (OPT) reads the main tokens; the decoder
-        # of an encoder-decoder never borrows the encoder's mask (equal lengths would make it fit).
-        self._token_masks = {"main": main, "decoder": dec if dec is not None or enc_dec else main}
-
-    def _token_weights(
-        self, stream: str, lead_shape: torch.Size, device: torch.device
-    ) -> torch.Tensor | None:
-        """[N] float weights (1 real, 0 padding) over flattened leading dims, or None for all-real."""
-        m = self._token_masks.get(stream) if self.config.exclude_padding else None
-        if m is None:
-            return None
-        # [B, S] tokens, or the same tokens flattened to [B*S] (OPT's FFN reshapes before fc1/fc2).
-        flat = len(lead_shape) == 1 and m.dim() == 2 and m.numel() == lead_shape[0]
-        if flat or tuple(m.shape) == tuple(lead_shape):
-            return m.reshape(-1).to(device=device, dtype=torch.float32)
-        return None  # no token axis (e.g. a pooler on [B, H]): every row counts
-
     def _make_hook(self, i: int):
         target = self.targets[i]
         cfg = self.config
@@ -238,25 +131,6 @@ class Masker:
 
         return hook
 
-    def _token_stats(
-        self, stream: str, lead_shape: torch.Size, device: torch.device, n: int
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """([N] fp32 token weights or None = all real, real-token count), cached per forward call.
-
-        Every layer of a stream sees the same tokens: the mask reshape/cast and its sum run once
-        per (stream, shape, device) and forward, not once per layer.
-        """
-        if self._tw_owner is not self._token_masks:  # a new forward call set new token masks
-            self._tw_owner, self._tw_cache = self._token_masks, {}
-        key = (stream, tuple(lead_shape), device)
-        hit = self._tw_cache.get(key)
-        if hit is None:
-            m = self._token_weights(stream, lead_shape, device)
-            # torch.full, not new_tensor: no host-to-device copy per call.
-            count = m.sum() if m is not None else torch.full((), float(n), dtype=torch.float32, device=device)
-            hit = self._tw_cache[key] = (m, count)
-        return hit
-
     def _chunk_buffer(self, numel: int, device: torch.device) -> torch.Tensor:
         if device.type != "cpu":
             return torch.empty(numel, dtype=torch.float32, device=device)  # the caching allocator reuses it
@@ -269,7 +143,7 @@ class Masker:
         d = y.shape[-1]
         y2 = y.reshape(-1, d)  # [N, d_out], a view for contiguous outputs
         n = y2.shape[0]
-        tok, count = self._token_stats(target.stream, y.shape[:-1], y.device, n)  # [N] 1 = real token
+        tok, count = self._tokens.weights(target.stream, y.shape[:-1], y.device, n)  # [N] 1 = real token
         bias = target.stat_bias.detach() if not cfg.stat_bias and target.stat_bias is not None else None
         fused_sub = bias is not None and y.dtype == torch.float32 and bias.dtype == torch.float32
         if bias is not None and not fused_sub:
@@ -356,9 +230,9 @@ class Masker:
             stats = sums / self._count_view[count_index].clamp_min(1.0).unsqueeze(1)  # [n, d] means
             drop: torch.Tensor | None = None
             if self.config.cut == "quantile":
-                keep = make_keep_masks(stats, self.config.threshold, "quantile")  # [n, d] bool
+                keep = quantile_keep(stats, self.config.threshold)  # [n, d] bool
             else:
-                keep, drop = _topk_split(stats, self.config.threshold)  # [n, d] bool, [n, t]
+                keep, drop = topk_split(stats, self.config.threshold)  # [n, d] bool, [n, t]
             for row, i in enumerate(idx):
                 keeps[i] = keep[row]
                 drops[i] = drop[row] if drop is not None else None
@@ -400,7 +274,7 @@ class Masker:
         self.masks = {}
         grads: list[torch.Tensor] = []
         factors: list[torch.Tensor] = []
-        self._strict_saved = []
+        self._strict.clear()
         mask_bias = self.config.mask_bias
         for i in with_grad:
             t = self.targets[i]
@@ -431,74 +305,28 @@ class Masker:
                     grads.append(bias_grad)
                     factors.append(row)
             if self.config.mode == "strict":
-                self._save_for_strict(t, keep, drops[i])
+                self._strict.save(t, keep, drops[i], mask_bias)
         if grads:
             torch._foreach_mul_(grads, factors)  # in-place, one fused launch for all layers
         self.reset()
         if self._sparse is not None:
             self._sparse.reset_applied()
-        self._token_masks = {}
+        self._tokens.clear()
         return self.masks
 
     # ------------------------------------------------------------------ strict mode
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The (innermost) optimizer strict mode is bound to, if any."""
+        return self._strict.optimizer
+
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Register the step hook strict mode needs to restore masked rows after the step."""
-        for h in self._opt_handles:
-            h.remove()
-        # Wrappers (Accelerate's AcceleratedOptimizer) delegate to an inner optimizer, whose
-        # step fires the hooks and whose state holds the moments.
-        while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
-            optimizer = optimizer.optimizer
-        self._optimizer = optimizer
-        self._opt_handles = [optimizer.register_step_post_hook(self._restore_strict)]
+        """Register the step hook strict mode needs to restore masked rows after the step.
 
-    def _save_for_strict(self, t: Target, keep: torch.Tensor, drop: torch.Tensor | None = None) -> None:
-        if self._optimizer is None:
-            raise RuntimeError(
-                "MIGU strict mode needs the optimizer to keep masked rows fixed: "
-                "migu.attach(model, config, optimizer=opt) or masker.bind_optimizer(opt)."
-            )
-        params = [t.weight] + ([t.bias] if self.config.mask_bias and t.bias is not None else [])
-        for p in params:
-            if p.grad is None:
-                continue
-            dim = t.row_dim if p.dim() > 1 else 0
-            state = _row_states(self._optimizer, p)
-            if drop is not None:
-                # Top-k cut: save only the masked rows (a fixed count: no host sync) and copy them back
-                # after the step; the kept rows are neither copied nor touched.
-                idx = drop.to(p.device)
-                rows = {k: v.detach().index_select(dim, idx) for k, v in state.items()}
-                self._strict_saved.append((p, dim, idx, p.detach().index_select(dim, idx), rows))
-                continue
-            shape_keep = keep if p.dim() == 1 else keep.unsqueeze(1 - t.row_dim)  # broadcast over d_in
-            full = {k: v.detach().clone() for k, v in state.items()}
-            self._strict_saved.append((p, -1, shape_keep, p.detach().clone(), full))
-
-    @torch.no_grad()
-    def _restore_strict(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """After the step: masked rows of weights and optimizer state get their old values back."""
-        for p, dim, where, saved_p, saved_state in self._strict_saved:
-            states = _row_states(optimizer, p)
-            if dim >= 0:  # `where` = masked row indices; saved_* = those rows
-                p.index_copy_(dim, where, saved_p)
-                for key, value in states.items():
-                    old = saved_state.get(key)
-                    if old is None:  # state created by this step (first step) starts at 0 for masked rows
-                        value.index_fill_(dim, where, 0)
-                    else:
-                        value.index_copy_(dim, where, old)
-                continue
-            keepf = where.to(p.dtype)  # quantile cut: `where` = broadcast keep mask
-            # x*1 + y*0 and x*0 + y are exact: kept rows take the new value, masked rows the old.
-            p.mul_(keepf).add_(saved_p.mul_(1 - keepf))
-            for key, value in states.items():
-                kv = where.to(value.dtype)
-                old = saved_state.get(key)
-                value.mul_(kv)  # state created by this step (first step) starts at 0 for masked rows
-                if old is not None:
-                    value.add_(old.mul_(1 - kv))
-        self._strict_saved = []
+        Wrappers (Accelerate's AcceleratedOptimizer) are unwrapped: the inner optimizer's step fires
+        the hooks and its state holds the moments.
+        """
+        self._strict.bind(optimizer)
 
     # ------------------------------------------------------------------ teardown
     def detach(self) -> None:
@@ -506,14 +334,14 @@ class Masker:
         if self._sparse is not None:
             self._sparse.uninstall()  # the original nn.Linear modules go back into their parents
             self._sparse, self._sparse_set = None, frozenset()
-        for h in self._handles + self._opt_handles:
+        for h in self._handles:
             h.remove()
-        self._handles, self._opt_handles = [], []
+        self._handles = []
+        self._strict.remove()
         self._flat = None
         self._stat_views = []
         self._count_view = None
-        self._token_masks = {}
-        self._strict_saved = []
+        self._tokens.clear()
 
     def __repr__(self) -> str:
         return (

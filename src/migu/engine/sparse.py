@@ -47,18 +47,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .targets import _is_lora
+from .cut import num_kept, num_masked, rank_rows
+from .targets import is_lora_layer
 
 if TYPE_CHECKING:
     from .masker import Masker
 
 log = logging.getLogger(__name__)
-
-
-def _num_masked(threshold: float, d_out: int) -> int:
-    from .masker import num_masked  # late import: masker imports this module
-
-    return num_masked(threshold, d_out)
 
 
 class _SparseLinearFunction(torch.autograd.Function):
@@ -204,7 +199,7 @@ class SparseBackward:
             uses[id(p)] = uses.get(id(p), 0) + 1
         # LoRA factors stay dense: B is judged by the whole layer output, A has r rows (nothing to
         # save), and PEFT owns those modules.
-        in_lora = {id(m) for layer in model.modules() if _is_lora(layer) for m in layer.modules()}
+        in_lora = {id(m) for layer in model.modules() if is_lora_layer(layer) for m in layer.modules()}
         out = []
         for i, t in enumerate(masker.targets):
             mod = t.hook_module
@@ -266,7 +261,7 @@ class SparseBackward:
         """[k] ascending indices of the rows of target ``i`` that keep their gradient; None = all."""
         cfg = self.masker.config
         _, d, _ = self._offset[i]
-        if _num_masked(cfg.threshold, d) == 0 or (cfg.skip_first_task and self.masker.task_index == 0):
+        if num_masked(cfg.threshold, d) == 0 or (cfg.skip_first_task and self.masker.task_index == 0):
             self._mark_applied(i, None, device)
             return None
         if self._kept is None or self._kept[0] is not buffer:
@@ -281,11 +276,9 @@ class SparseBackward:
         The same arithmetic as Masker._cut (mean = sum / count, then :func:`rank_rows`), so the rows
         are those apply() would keep.
         """
-        from .masker import rank_rows  # late import: masker imports this module
-
         out: dict[int, torch.Tensor] = {}
         for d, idx, start, slot in self._groups:
-            n, k = len(idx), d - _num_masked(self.masker.config.threshold, d)
+            n, k = len(idx), num_kept(self.masker.config.threshold, d)
             counts = buffer[self._total + slot : self._total + slot + n].clamp_min(1.0)  # [n]
             stats = buffer[start : start + n * d].view(n, d) / counts.unsqueeze(1)  # [n, d] means
             kept = rank_rows(stats)[:, :k].sort(dim=1).values  # [n, k] ascending: g is read in order

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .tokens import Stream, StreamResolver
+
 try:  # GPT-2 style linear with weight [d_in, d_out]
     from transformers.pytorch_utils import Conv1D as _HFConv1D
 except ImportError:  # pragma: no cover - transformers is a dependency
@@ -43,10 +45,6 @@ _COMPONENT_RES: dict[str, re.Pattern[str]] = {
         r"|(?<!attention\.)output\.dense|dense_h_to_4h|dense_4h_to_h|lin1|lin2)$"
     ),
 }
-# Cross-attention K/V read the encoder's tokens, so their padding mask is the encoder's.
-_CROSS_KV = re.compile(
-    r"(?:EncDecAttention|crossattention|encoder_attn|cross_attn)\.(?:k|v|key|value|k_proj|v_proj)$"
-)
 
 
 @dataclass
@@ -63,7 +61,7 @@ class Target:
     stat_bias: torch.Tensor | None
     row_dim: int  # dim of `weight` that indexes output rows: 0 for nn.Linear, 1 for Conv1D
     d_out: int
-    stream: str  # "main" (encoder / decoder-only tokens) or "decoder" (seq2seq decoder tokens)
+    stream: Stream  # "main" (encoder / decoder-only tokens) or "decoder" (seq2seq decoder + LM head)
     hook_module: nn.Module
 
 
@@ -77,18 +75,12 @@ def component_of(name: str) -> str | None:
     return None
 
 
-def stream_of(name: str) -> str:
-    """Which token stream a module reads: seq2seq decoder tokens, or the main/encoder tokens."""
-    if _CROSS_KV.search(name):
-        return "main"
-    return "decoder" if "decoder" in name.split(".") else "main"
-
-
 def _is_plain_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (_HFConv1D is not None and isinstance(module, _HFConv1D))
 
 
-def _is_lora(module: nn.Module) -> bool:
+def is_lora_layer(module: nn.Module) -> bool:
+    """A PEFT LoRA layer (the wrapper holding base_layer, lora_A and lora_B)."""
     return _LoraLayer is not None and isinstance(module, _LoraLayer) and hasattr(module, "lora_A")
 
 
@@ -101,7 +93,7 @@ def _pattern_match(name: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-def _plain_target(name: str, module: nn.Module, stream: str) -> Target:
+def _plain_target(name: str, module: nn.Module, stream: Stream) -> Target:
     conv1d = _HFConv1D is not None and isinstance(module, _HFConv1D)
     row_dim = 1 if conv1d else 0
     bias = module.bias if isinstance(getattr(module, "bias", None), nn.Parameter) else None
@@ -117,7 +109,7 @@ def _plain_target(name: str, module: nn.Module, stream: str) -> Target:
     )
 
 
-def _lora_targets(name: str, module: nn.Module, stream: str) -> list[Target]:
+def _lora_targets(name: str, module: nn.Module, stream: Stream) -> list[Target]:
     """Targets of one PEFT LoRA layer: lora_A/lora_B of every adapter with Linear factors."""
     out: list[Target] = []
     base = module.get_base_layer()
@@ -143,13 +135,14 @@ def resolve_targets(
     components: tuple[str, ...] = ("qkv", "o", "ffn"),
 ) -> list[Target]:
     """Find the weights MIGU masks; a clear ValueError when nothing matches."""
+    stream_for = StreamResolver(model)
     lora_children: set[str] = set()
     found: list[Target] = []
     linear_names: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in lora_children):
             continue  # base_layer / lora_A / lora_B are handled by their LoRA wrapper
-        is_lora = _is_lora(module)
+        is_lora = is_lora_layer(module)
         if is_lora:
             lora_children.add(name + ".")
         elif not _is_plain_linear(module):
@@ -163,7 +156,7 @@ def resolve_targets(
             selected = _pattern_match(name, targets)
         if not selected:
             continue
-        stream = stream_of(name)
+        stream = stream_for(name, module)
         if is_lora:
             found.extend(_lora_targets(name, module, stream))
             base = module.get_base_layer()
