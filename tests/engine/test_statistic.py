@@ -163,6 +163,36 @@ def test_t5_collator_style_batch_with_decoder_input_ids(tiny_model, s_dec) -> No
     _check_t5(model, masker, batch, dec)
 
 
+@pytest.mark.parametrize(("s_enc", "s_dec"), [(7, 5), (6, 6), (4, 6)])
+def test_t5_lm_head_reads_the_decoder_tokens(tiny_model, s_enc, s_dec) -> None:
+    """Issue 11.8: with targets="all-linear" the LM head (outside both stacks) averages over the
+    decoder's real tokens, never the encoder mask (equal lengths) or every position (unequal)."""
+    model = tiny_model("t5", head="seq2seq-lm")
+    masker = migu.attach(model, migu.MIGUConfig(threshold=0.5, targets="all-linear"))
+    assert "lm_head" in [t.name for t in masker.targets]
+    batch, dec = _t5_batch(s_enc, s_dec)
+    with capture_inputs(model, ["lm_head"]) as xs:
+        model(**batch).loss.backward()
+    rows = rows_of(model.lm_head.weight)
+    ref = ref_stat(rows, xs["lm_head"], [dec])
+    assert _close(masker.statistics()["lm_head"], ref)
+    # Non-vacuous: the decoder's padding changes the lm_head statistic.
+    assert not _close(ref_stat(rows, xs["lm_head"], None), ref, rtol=1e-3)
+
+
+def test_streams_follow_the_encoder_subtree_not_names(tiny_model) -> None:
+    """Every target outside the encoder of an encoder-decoder reads the decoder stream, except the
+    cross-attention K/V; decoder-only and encoder-only models read the main stream only."""
+    cfg = migu.MIGUConfig(threshold=0.5, targets="all-linear")
+    t5 = migu.attach(tiny_model("t5", head="seq2seq-lm"), cfg)
+    for t in t5.targets:
+        expected = "main" if t.name.startswith("encoder.") or _CROSS_KV.search(t.name) else "decoder"
+        assert t.stream == expected, t.name
+    for kind, head in (("llama", "causal-lm"), ("bert", "masked-lm")):
+        masker = migu.attach(tiny_model(kind, head=head), cfg)
+        assert {t.stream for t in masker.targets} == {"main"}, kind
+
+
 def test_two_dim_input_averages_over_batch(tiny_model, make_batch) -> None:
     """BERT's pooler reads [B, H] (no token axis): every batch row counts once."""
     model = tiny_model("bert")

@@ -45,12 +45,21 @@ class StreamResolver:
     """Assigns each module of a model the token stream its outputs are indexed by."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.enc_dec = is_encoder_decoder(model)
+        self._encoder: set[int] | None = None
+        if self.enc_dec:
+            get_encoder = getattr(model, "get_encoder", None)
+            encoder = get_encoder() if callable(get_encoder) else None
+            if isinstance(encoder, nn.Module):
+                self._encoder = {id(m) for m in encoder.modules()}
 
     def __call__(self, name: str, module: nn.Module) -> Stream:
-        if _CROSS_KV.search(name):
+        if not self.enc_dec or _CROSS_KV.search(name):
             return "main"
-        return "decoder" if "decoder" in name.split(".") else "main"
+        if self._encoder is not None:
+            return "main" if id(module) in self._encoder else "decoder"
+        # No get_encoder(): fall back to the module path (a component named "encoder" is the encoder).
+        return "main" if "encoder" in name.split(".") else "decoder"
 
 
 def _forward_parameter_names(model: nn.Module) -> list[str] | None:
