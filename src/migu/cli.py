@@ -46,8 +46,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
         for name in list_methods():
             cls = get_method_class(name)
-            print(f"{name:22s} {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
-            print(f"{name + '+migu':22s} {name} with MIGU (default threshold {cls.default_threshold})")
+            print(f"{name:12s} {cls.paper_name}: {cls.description}")
+            print(f"{'':12s} needs {cls.needs.describe()}; regimes: {', '.join(cls.regimes)}")
+            print(f"{'':12s} +MIGU: migu.threshold defaults to the paper's {cls.default_threshold:g}")
     return 0
 
 

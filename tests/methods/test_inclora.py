@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
-from support.methods import FAMILIES, logits, run_task, snapshot, train_steps, trainable
+from support.methods import FAMILIES, logits, run_task, snapshot, task_ctx, train_steps, trainable
 from torch import nn
 
 from migu.methods import IncLoRA, OIncLoRA
@@ -34,7 +34,7 @@ def _two_tasks(cls: type[CLMethod], family: str) -> tuple[CLMethod, nn.Module, d
     method.prepare_model(model, spec)
     run_task(method, model, 0, batch_fn(seed=0))
     task0 = snapshot(model, ".task_0")
-    method.on_task_start(model, 1, "task1")
+    method.on_task_start(task_ctx(model, 1, "task1"))
     task1_init = snapshot(model, ".task_1")
     train_steps(model, method, 1, batch_fn(seed=1), steps=4)
     return method, model, task0, task1_init, base_out
@@ -75,20 +75,20 @@ def test_output_sums_both_adapters(cls: type[CLMethod], family: str) -> None:
 def test_resume_rebuilds_same_structure(cls: type[CLMethod]) -> None:
     make, batch_fn, spec = FAMILIES["encoder"]
     method, model, _, _, _ = _two_tasks(cls, "encoder")
-    method.on_task_end(model, 1, "task1", [])
+    method.on_task_end(task_ctx(model, 1, "task1", []))
     weights = model.state_dict()
     state = json.loads(json.dumps(method.state_dict()))
 
     fresh, resumed = make(seed=123), cls()
     resumed.prepare_model(fresh, spec)
     for i in range(2):  # what the runner does on resume
-        resumed.on_task_start(fresh, i, f"task{i}")
-        resumed.on_task_end(fresh, i, f"task{i}", [])
+        resumed.on_task_start(task_ctx(fresh, i, f"task{i}"))
+        resumed.on_task_end(task_ctx(fresh, i, f"task{i}", []))
     fresh.load_state_dict(weights, strict=True)
     resumed.load_state_dict(state)
     batch = batch_fn()
     assert torch.equal(logits(fresh, batch), logits(model, batch))
-    resumed.on_task_start(fresh, 2, "task2")
+    resumed.on_task_start(task_ctx(fresh, 2, "task2"))
     assert resumed.adapters == ["task_0", "task_1", "task_2"]
     assert all(".task_2." in n or n.startswith("classifier.") for n in trainable(fresh))
 

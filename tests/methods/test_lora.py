@@ -14,12 +14,14 @@ from support.methods import (
     run_task,
     snapshot,
     t5_batch,
+    task_ctx,
     tiny_encoder,
     tiny_t5,
     trainable,
 )
 
-from migu.methods import LoRA, ModelSpec, get_method
+from migu.methods import LoRA, get_method
+from migu.models import ModelSpec
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -50,7 +52,7 @@ def test_base_frozen_lora_and_heads_train(family: str) -> None:
     for i in range(2):
         run_task(method, model, i, batch_fn(seed=i))
         expected = set(lora_params) | heads
-        method.on_task_start(model, i, f"task{i}")
+        method.on_task_start(task_ctx(model, i, f"task{i}"))
         assert trainable(model) == expected
 
     after = dict(model.named_parameters())
@@ -104,4 +106,4 @@ def test_state_round_trip_and_structure_check() -> None:
     with pytest.raises(ValueError, match="adapters"):
         method.load_state_dict({"adapters": ["default", "other"]})
     with pytest.raises(RuntimeError, match="prepare_model"):
-        LoRA().on_task_start(tiny_t5(), 0, "a")
+        LoRA().on_task_start(task_ctx(tiny_t5(), 0, "a"))

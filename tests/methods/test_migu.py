@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.methods import FAMILIES, run_task
+from support.methods import FAMILIES, run_task, step_terms, task_ctx
 
 from migu import MIGUConfig, attach
 from migu.engine import num_masked
@@ -22,7 +22,7 @@ def test_masker_targets_and_masks(name: str, family: str) -> None:
     method = get_method(name)
     model = method.prepare_model(model, spec)
     run_task(method, model, 0, batch_fn(seed=0))
-    method.on_task_start(model, 1, "task1")  # what the runner does, then it attaches MIGU
+    method.on_task_start(task_ctx(model, 1, "task1"))  # what the runner does, then it attaches MIGU
     masker = attach(model, MIGUConfig(threshold=THRESHOLD))
 
     live = {t.name for t in masker.targets if t.weight.requires_grad}
@@ -41,7 +41,8 @@ def test_masker_targets_and_masks(name: str, family: str) -> None:
 
     batch = batch_fn(seed=1)
     model.train()
-    loss = model(**batch).loss + sum(method.loss_terms(model, 1).values())
+    out = model(**batch)
+    loss = out.loss + sum(step_terms(method, model, 1, batch, out).values())
     loss.backward()
     stats = masker.statistics()
     masks = masker.apply()

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+from support.methods import step_terms, task_ctx
 from torch import nn
 
 from migu.methods import (
@@ -104,9 +105,10 @@ def test_ft_trains_everything() -> None:
     model[0].weight.requires_grad_(False)
     ft = get_method("ft")
     assert ft.prepare_model(model, None) is model  # type: ignore[arg-type]
-    ft.on_task_start(model, 0, "a")
+    ft.on_task_start(task_ctx(model, 0, "a"))
     assert all(p.requires_grad for p in model.parameters())
     rows = ["x", "y"]
-    assert ft.training_examples(0, rows, random.Random(0)) == rows
-    assert ft.loss_terms(model, 0) == {}
+    assert ft.training_examples(task_ctx(None, 0, "t", rows), random.Random(0)) == rows
+    batch = {}
+    assert step_terms(ft, model, 0, batch, None) == {}
     assert ft.state_dict() == {}

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
-from support.methods import ENCODER_SPEC, tiny_encoder
+from support.methods import ENCODER_SPEC, task_ctx, tiny_encoder
 from torch import nn
 
 from migu.methods import FTReplay, LoRAReplay, get_method, replay_count
@@ -64,7 +64,7 @@ def test_replayed_rows_are_past_training_rows(cls: type[ReplayMixin]) -> None:
     method = cls()
     test_ids = {id(r) for rows in test.values() for r in rows}
     for i, task in enumerate(names):
-        rows = method.training_examples(i, train[task], random.Random(0))
+        rows = method.training_examples(task_ctx(None, i, "t", train[task]), random.Random(0))
         own, replayed = rows[: len(train[task])], rows[len(train[task]) :]
         assert all(a is b for a, b in zip(own, train[task], strict=True))
         per_task = {t: [r for r in replayed if r.task == t] for t in names}
@@ -75,7 +75,7 @@ def test_replayed_rows_are_past_training_rows(cls: type[ReplayMixin]) -> None:
             assert all(id(r) in train_ids for r in per_task[past])
         assert len(replayed) == sum(replay_count(0.02, SIZES[t]) for t in names[:i])
         assert not any(id(r) in test_ids for r in rows)
-        method.on_task_end(MODEL, i, task, train[task])
+        method.on_task_end(task_ctx(MODEL, i, task, train[task]))
     assert method.replay_counts() == {"dbpedia": 3, "amazon": 2, "yahoo": 1, "agnews": 1}
 
 
@@ -85,7 +85,7 @@ def test_sample_is_seeded() -> None:
     def draw(seed: int) -> list[list[int]]:
         m = FTReplay(replay_seed=seed, replay_fraction=0.1)
         for i, t in enumerate(names):
-            m.on_task_end(MODEL, i, t, train[t])
+            m.on_task_end(task_ctx(MODEL, i, t, train[t]))
         return [rec["indices"] for rec in m.state_dict()["replay"]]
 
     assert draw(0) == draw(0)
@@ -97,7 +97,7 @@ def test_state_dict_round_trip(cls: type[ReplayMixin]) -> None:
     names, train, _ = _tasks()
     method = cls(replay_fraction=0.05)
     for i, t in enumerate(names[:3]):
-        method.on_task_end(MODEL, i, t, train[t])
+        method.on_task_end(task_ctx(MODEL, i, t, train[t]))
     expected = method.replay_rows(3)
     state = json.loads(json.dumps(method.state_dict()))
 
@@ -110,17 +110,22 @@ def test_state_dict_round_trip(cls: type[ReplayMixin]) -> None:
     # the runner's resume: on_task_end replayed first, then the state: the very same row objects
     warm = cls(replay_fraction=0.05)
     for i, t in enumerate(names[:3]):
-        warm.on_task_end(MODEL, i, t, train[t])
+        warm.on_task_end(task_ctx(MODEL, i, t, train[t]))
     warm.load_state_dict(state)
     assert all(a is b for a, b in zip(warm.replay_rows(3), expected, strict=True))
-    assert warm.training_examples(3, train["agnews"], random.Random(0))[len(train["agnews"]) :] == expected
+    assert (
+        warm.training_examples(task_ctx(None, 3, "t", train["agnews"]), random.Random(0))[
+            len(train["agnews"]) :
+        ]
+        == expected
+    )
 
 
 def test_round_trip_with_benchmark_example_type() -> None:
     data = pytest.importorskip("migu.benchmarks.data")
     rows = [data.Example("cb", f"in {i}", f"s{i}", "yes", ("yes", "no")) for i in range(60)]
     method = get_method("lora_replay", replay_fraction=0.05)
-    method.on_task_end(MODEL, 0, "cb", rows)
+    method.on_task_end(task_ctx(MODEL, 0, "cb", rows))
     restored = get_method("lora_replay", replay_fraction=0.05)
     restored.load_state_dict(json.loads(json.dumps(method.state_dict())))
     assert restored.replay_rows(1) == method.replay_rows(1) and len(restored.replay_rows(1)) == 3
@@ -129,7 +134,7 @@ def test_round_trip_with_benchmark_example_type() -> None:
 def test_plain_json_rows() -> None:
     rows = [{"sentence": f"s{i}", "label": "a"} for i in range(50)]
     method = FTReplay()
-    method.on_task_end(MODEL, 0, "t", rows)
+    method.on_task_end(task_ctx(MODEL, 0, "t", rows))
     restored = FTReplay()
     restored.load_state_dict(json.loads(json.dumps(method.state_dict())))
     assert (
@@ -143,10 +148,10 @@ def test_lora_replay_is_lora_with_a_buffer() -> None:
     model = tiny_encoder()
     method = LoRAReplay()
     method.prepare_model(model, ENCODER_SPEC)
-    method.on_task_start(model, 0, "a")
+    method.on_task_start(task_ctx(model, 0, "a"))
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         n for n, _ in model.named_parameters() if ".default." in n or n.startswith("classifier.")
     }
-    method.on_task_end(model, 0, "a", list(range(100)))
+    method.on_task_end(task_ctx(model, 0, "a", list(range(100))))
     assert set(method.state_dict()) == {"adapters", "replay"}
-    assert method.training_examples(1, [], random.Random(0)) == method.replay_rows(1)
+    assert method.training_examples(task_ctx(None, 1, "t", []), random.Random(0)) == method.replay_rows(1)

@@ -55,7 +55,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     real_train = loop_mod.train_task
 
     def crash_on_second_task(*args, **kwargs):
-        if args[5] == 1:  # task_index: killed in the middle of task 2
+        if args[1].task_index == 1:  # args[1] is the TaskContext: killed in the middle of task 2
             raise KeyboardInterrupt("killed")
         return real_train(*args, **kwargs)
 

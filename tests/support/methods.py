@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from migu.methods import CLMethod, ModelSpec
+from migu.methods import CLMethod, StepContext, TaskContext
+from migu.models import ModelSpec
 
 from .models import build_tiny_model
 
@@ -116,6 +118,23 @@ FAMILIES: dict[str, tuple[Callable[..., nn.Module], Callable[..., dict[str, torc
 }
 
 
+def task_ctx(model: nn.Module | None, i: int, name: str = "t", examples: Sequence[Any] = ()) -> TaskContext:
+    """The context the runner gives a method for task ``i`` (no family: tests feed batches by hand)."""
+    return TaskContext(model if model is not None else nn.Identity(), i, name, examples)
+
+
+def step_terms(
+    method: CLMethod,
+    model: nn.Module,
+    task_index: int,
+    batch: dict[str, torch.Tensor],
+    out: Any,
+    step: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The method's extra loss terms for one batch, as the runner asks for them."""
+    return method.step_loss(StepContext(task_ctx(model, task_index), model, batch, out, 0))
+
+
 def train_steps(
     model: nn.Module,
     method: CLMethod,
@@ -131,7 +150,8 @@ def train_steps(
     losses = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss = model(**batch).loss + sum(method.loss_terms(model, task_index).values())
+        out = model(**batch)
+        loss = out.loss + sum(step_terms(method, model, task_index, batch, out).values())
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
@@ -142,9 +162,9 @@ def run_task(
     method: CLMethod, model: nn.Module, i: int, batch: dict[str, torch.Tensor], steps: int = 3
 ) -> None:
     """on_task_start, a few training steps, on_task_end (no examples: LoRA methods ignore them)."""
-    method.on_task_start(model, i, f"task{i}")
+    method.on_task_start(task_ctx(model, i, f"task{i}"))
     train_steps(model, method, i, batch, steps)
-    method.on_task_end(model, i, f"task{i}", [])
+    method.on_task_end(task_ctx(model, i, f"task{i}", []))
 
 
 def snapshot(model: nn.Module, contains: str = "") -> dict[str, torch.Tensor]:

@@ -20,12 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import Masker, MIGUConfig, attach, component_of
-from ..engine.config import COMPONENTS
+from ..engine import COMPONENTS, Masker, MIGUConfig, attach, component_of
+from ..methods import FT, get_method_class, paper_name
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.7  # the paper's T for FT/LoRA/IncLoRA: used for runs trained without MIGU
 _LORA_SUFFIX = re.compile(r"\.lora_([AB])\.[^.]+$")
 _BLOCK_PREFIX = re.compile(r"^(.*?\.\d+)\.")
 
@@ -40,15 +39,7 @@ def load_results_json(run_dir: str | Path) -> dict[str, Any]:
 
 def run_label(results: dict[str, Any]) -> str:
     """Short human name of a run: method name, plus MIGU and its threshold when on."""
-    method = str(results.get("method") or "?")
-    nice = {
-        "ft": "FT",
-        "lora": "LoRA",
-        "inclora": "IncLoRA",
-        "olora": "OIncLoRA",
-        "lora_replay": "LoRAReplay",
-    }
-    name = nice.get(method, method)
+    name = paper_name(str(results.get("method") or "?"))
     migu = results.get("migu")
     if migu:
         name += f"+MIGU (T={float(migu.get('threshold', 0.0)):g})"
@@ -56,10 +47,11 @@ def run_label(results: dict[str, Any]) -> str:
 
 
 def resolve_threshold(results: dict[str, Any], override: float | None = None) -> float:
-    """T for the updated-row sets: ``override``, else the run's MIGU T if > 0, else the paper's 0.7.
+    """T for the updated-row sets: ``override``, else the run's MIGU T if > 0, else its method's
+    paper T (FT's 0.7 for an unknown method).
 
-    A run trained without MIGU (or at T = 0, which keeps every row) has no T of its own; the
-    paper's default makes its sets comparable to an FT+MIGU run at T = 0.7.
+    A run trained without MIGU (or at T = 0, which keeps every row) has no T of its own; its
+    method's paper default makes its sets comparable to the same method's MIGU run.
     """
     if override is not None:
         MIGUConfig(threshold=override)  # validates 0 <= T < 1
@@ -68,7 +60,12 @@ def resolve_threshold(results: dict[str, Any], override: float | None = None) ->
         return float(override)
     migu = results.get("migu") or {}
     t = float(migu.get("threshold") or 0.0)
-    return t if t > 0.0 else DEFAULT_THRESHOLD
+    if t > 0.0:
+        return t
+    try:
+        return get_method_class(str(results.get("method") or "ft")).default_threshold
+    except ValueError:
+        return FT.default_threshold
 
 
 def checkpoint_indices(which: str | int, tasks: Sequence[str], finished: int | None = None) -> list[int]:

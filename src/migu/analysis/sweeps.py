@@ -20,31 +20,23 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
-from ..engine.config import COMPONENTS
+from ..engine import COMPONENTS
+from ..methods import list_methods, paper_name
 from . import plots
 
 log = logging.getLogger(__name__)
 
 METRICS = ("acc", "bwt", "fwt", "forgetting")
 METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
-METHOD_NAMES = {
-    "ft": "FT",
-    "lora": "LoRA",
-    "inclora": "IncLoRA",
-    "olora": "OIncLoRA",
-    "lora_replay": "LoRAReplay",
-}
 _GROUPING_KEYS = ("method", "method.name", "migu", "seed")
 
 
-def method_name(method: str) -> str:
-    """The paper's spelling of a registry name (unknown names unchanged)."""
-    return METHOD_NAMES.get(method, method)
+method_name = paper_name  # the paper's spelling of a registry name (unknown names unchanged)
 
 
 def _method_rank(method: str) -> int:
-    """The paper's method order first (FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay), others after."""
-    order = list(METHOD_NAMES)
+    """The registry's order (the paper's: FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, ...), others after."""
+    order = list_methods()
     return order.index(method) if method in order else len(order)
 
 

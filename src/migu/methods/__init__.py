@@ -1,29 +1,47 @@
 """Continual-learning methods, one file each, plugged into the runner through the hooks of ``base``.
 
-``get_method("lora", r=8)`` builds one by name; ``list_methods()`` lists the names. Every method
-composes with MIGU (the runner attaches the masker after ``on_task_start``).
+``get_method("lora", r=8)`` builds one by name; ``list_methods()`` lists the names, and each
+class carries its facts (``paper_name``, ``description``, ``default_threshold``, ``needs``,
+``regimes``). Every method composes with MIGU (the runner attaches the masker after
+``on_task_start``).
 """
 
-from .base import CLMethod, ModelSpec
+from .base import REGIMES, CLMethod, ForwardOutput, MethodNeeds, ModelInfo, StepContext, TaskContext
 from .ft import FT
 from .inclora import IncLoRA
 from .lora import LoRA
 from .olora import OIncLoRA
-from .registry import METHODS, get_method, get_method_class, list_methods
+from .registry import (
+    METHODS,
+    get_method,
+    get_method_class,
+    list_methods,
+    paper_name,
+    register_method,
+    unregister_method,
+)
 from .replay import FTReplay, LoRAReplay, replay_count
 
 __all__ = [
     "FT",
     "METHODS",
+    "REGIMES",
     "CLMethod",
     "FTReplay",
+    "ForwardOutput",
     "IncLoRA",
     "LoRA",
     "LoRAReplay",
-    "ModelSpec",
+    "MethodNeeds",
+    "ModelInfo",
     "OIncLoRA",
+    "StepContext",
+    "TaskContext",
     "get_method",
     "get_method_class",
     "list_methods",
+    "paper_name",
+    "register_method",
     "replay_count",
+    "unregister_method",
 ]

@@ -1,44 +1,16 @@
-"""Option handling shared by the CL methods: one place that names a bad option in its error.
+"""Option checks shared by the CL methods' ``validate()``: one place that names a bad option.
 
-Every method is a dataclass whose init fields (except ``options``) are its options. They can be
-given as keyword arguments (``LoRA(r=4)``) or through ``options`` (``LoRA(options={"r": 4})``,
-which is what the registry and a YAML config do); ``options`` wins when both are given. After
-validation ``method.options`` holds every option's resolved value, so results can record them.
+Every method is a dataclass whose init fields (except ``options``) are its options;
+``CLMethod.__post_init__`` merges ``options`` into them, calls ``validate()`` and records the
+resolved values.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any
 
 from .base import CLMethod
-
-
-def option_names(method: CLMethod | type[CLMethod]) -> list[str]:
-    """The options a method accepts: its dataclass init fields other than ``options``."""
-    return [f.name for f in fields(method) if f.init and f.name != "options"]
-
-
-def merge_options(method: CLMethod) -> None:
-    """Copy ``method.options`` onto the option fields, rejecting unknown names."""
-    names = option_names(method)
-    given = dict(method.options or {})
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise ValueError(
-            f"method {method.name!r}: unknown option(s) {unknown}; known options: {names or 'none'}"
-        )
-    for key, value in given.items():
-        setattr(method, key, value)
-
-
-def snapshot_options(method: CLMethod) -> None:
-    """Record every option's resolved value in ``method.options`` (JSON-friendly: tuples as lists)."""
-    method.options = {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in ((n, getattr(method, n)) for n in option_names(method))
-    }
 
 
 def _bad(method: CLMethod, option: str, expected: str, value: Any) -> ValueError:

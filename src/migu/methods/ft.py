@@ -5,20 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._options import merge_options, snapshot_options
-from .base import CLMethod
+from .base import REGIMES, CLMethod, MethodNeeds
 
 
 @dataclass
 class FT(CLMethod):
-    """The base-class behaviour under its registry name; it takes no options.
-
-    MIGU threshold 0.7 (paper appendix, T5-large full finetuning).
-    """
+    """Full finetuning; no options. MIGU threshold 0.7 (paper appendix, T5-large full finetuning)."""
 
     name: ClassVar[str] = "ft"
+    paper_name: ClassVar[str] = "FT"
+    description: ClassVar[str] = (
+        "full finetuning: every weight trains on each task in turn, no regularizer, no old data "
+        "(ContinualLM's NCL in continual pre-training)"
+    )
     default_threshold: ClassVar[float] = 0.7
-
-    def __post_init__(self) -> None:
-        merge_options(self)
-        snapshot_options(self)
+    needs: ClassVar[MethodNeeds] = MethodNeeds()
+    regimes: ClassVar[tuple[str, ...]] = REGIMES

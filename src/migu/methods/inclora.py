@@ -8,12 +8,10 @@ h = W0 x + sum_k s B_k A_k x. The structure depends only on the task indices sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from torch import nn
-
+from .base import MethodNeeds, TaskContext
 from .lora import LoRA, adapter_parameters
 
 
@@ -25,7 +23,12 @@ class IncLoRA(LoRA):
     """
 
     name: ClassVar[str] = "inclora"
+    paper_name: ClassVar[str] = "IncLoRA"
+    description: ClassVar[str] = (
+        "a new LoRA adapter per task; earlier adapters frozen but still summed into the output"
+    )
     default_threshold: ClassVar[float] = 0.7
+    needs: ClassVar[MethodNeeds] = MethodNeeds()
 
     def adapter_name(self, task_index: int) -> str:
         """Adapter of task ``task_index``."""
@@ -35,9 +38,10 @@ class IncLoRA(LoRA):
         """The frozen adapters of the tasks before ``task_index``."""
         return [self.adapter_name(j) for j in range(task_index)]
 
-    def on_task_start(self, model: nn.Module, task_index: int, task_name: str) -> None:
+    def on_task_start(self, ctx: TaskContext) -> None:
         """Create this task's adapter (and any missing earlier ones, in order); train only it."""
         self._require_prepared()
+        model, task_index = ctx.model, ctx.task_index
         if task_index < 0:
             raise ValueError(f"task_index must be >= 0, got {task_index}")
         for j in range(len(self._adapters), task_index + 1):
@@ -45,9 +49,9 @@ class IncLoRA(LoRA):
         active = [*self.old_adapters(task_index), self.adapter_name(task_index)]
         self._activate(model, active, trainable=self.adapter_name(task_index))
 
-    def on_task_end(self, model: nn.Module, task_index: int, task_name: str, examples: Sequence[Any]) -> None:
+    def on_task_end(self, ctx: TaskContext) -> None:
         """Freeze the finished task's adapter: from now on it is only read."""
-        super().on_task_end(model, task_index, task_name, examples)
-        for p in adapter_parameters(model, self.adapter_name(task_index)):
+        super().on_task_end(ctx)
+        for p in adapter_parameters(ctx.model, self.adapter_name(ctx.task_index)):
             p.requires_grad_(False)
             p.grad = None

@@ -9,7 +9,7 @@ targeted linears become PEFT LoRA layers (``q`` -> ``q.base_layer`` + ``q.lora_A
 ``q.lora_B.<adapter>``). Several adapters (IncLoRA) live side by side in the same layers; which are
 summed into the output is set with the layers' own ``set_adapter``.
 
-Heads (``ModelSpec.head_modules``, e.g. an encoder classifier) are trained by ``requires_grad``
+Heads (the family's ``spec.head_modules``, e.g. an encoder classifier) are trained by ``requires_grad``
 on the model's own module, not by PEFT ``modules_to_save``: ``modules_to_save`` keeps one copy of
 the head per adapter, each copied from the *original* head, with only one copy active, so under
 IncLoRA every new task would restart from the untrained head and drop what earlier tasks taught
@@ -25,12 +25,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from ._options import check_float, check_int, check_names, merge_options, snapshot_options
-from .base import CLMethod, ModelSpec
+from ._options import check_float, check_int, check_names
+from .base import CLMethod, MethodNeeds, ModelInfo, TaskContext
 
 try:  # newer peft: upcast fp16/bf16 adapter weights to fp32, as get_peft_model does by default
     from peft.functional import cast_adapter_dtype as _cast_adapter_dtype
@@ -66,7 +67,7 @@ def match_modules(model: nn.Module, patterns: Iterable[str]) -> dict[str, nn.Mod
         hits = {n: m for n, m in named if n and (n == pattern or n.endswith("." + pattern))}
         if not hits:
             raise ValueError(
-                f"head module {pattern!r} (ModelSpec.head_modules) matches no module of the model"
+                f"head module {pattern!r} (the family's head_modules) matches no module of the model"
             )
         found.update(hits)
     return found
@@ -77,12 +78,18 @@ class LoRA(CLMethod):
     """One LoRA adapter ("default") on the target linears, trained on every task; base weights frozen.
 
     Options: ``r`` (8), ``alpha`` (32, PEFT ``lora_alpha``: scaling alpha / r), ``dropout`` (0.05),
-    ``target_modules`` (default ``ModelSpec.lora_target_modules``: the authors' q and v).
+    ``target_modules`` (default: the family's ``lora_target_modules``, the authors' q and v).
     MIGU threshold 0.7 (paper appendix).
     """
 
     name: ClassVar[str] = "lora"
+    paper_name: ClassVar[str] = "LoRA"
+    description: ClassVar[str] = (
+        "one LoRA adapter (base weights frozen) trained on every task in turn; the shared head trains too"
+    )
     default_threshold: ClassVar[float] = 0.7
+    needs: ClassVar[MethodNeeds] = MethodNeeds()
+    regimes: ClassVar[tuple[str, ...]] = ("finetune", "instruct")
 
     r: int = 8
     alpha: float = 32.0
@@ -93,13 +100,12 @@ class LoRA(CLMethod):
     _heads: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _adapters: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        merge_options(self)
+    def validate(self) -> None:
+        super().validate()
         check_int(self, "r", 1)
         check_float(self, "alpha", 0.0, math.inf, low_open=True, high_open=True)
         check_float(self, "dropout", 0.0, 1.0, high_open=True)
         check_names(self, "target_modules", allow_none=True)
-        snapshot_options(self)
 
     # ------------------------------------------------------------------ structure
     def adapter_name(self, task_index: int) -> str:
@@ -153,7 +159,7 @@ class LoRA(CLMethod):
             raise RuntimeError(f"method {self.name!r}: call prepare_model before on_task_start")
 
     # ------------------------------------------------------------------ hooks
-    def prepare_model(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+    def prepare_model(self, model: nn.Module, spec: ModelInfo) -> nn.Module:
         """Inject the first adapter in place (same model object returned); freeze all but it and heads."""
         if self._adapters:
             raise RuntimeError(f"method {self.name!r}: prepare_model was already called")
@@ -161,7 +167,7 @@ class LoRA(CLMethod):
         if not targets:
             raise ValueError(
                 f"method {self.name!r}: no LoRA target modules (set option 'target_modules' or "
-                "ModelSpec.lora_target_modules)"
+                "the family's lora_target_modules)"
             )
         self._targets = tuple(targets)
         self._task_type = spec.task_type or None
@@ -171,17 +177,17 @@ class LoRA(CLMethod):
         self._activate(model, [first], trainable=first)
         return model
 
-    def on_task_start(self, model: nn.Module, task_index: int, task_name: str) -> None:
+    def on_task_start(self, ctx: TaskContext) -> None:
         """The one adapter and the heads train; everything else stays frozen."""
         self._require_prepared()
-        adapter = self.adapter_name(task_index)
-        self._activate(model, [adapter], trainable=adapter)
+        adapter = self.adapter_name(ctx.task_index)
+        self._activate(ctx.model, [adapter], trainable=adapter)
 
     def state_dict(self) -> dict[str, Any]:
         """The adapter names: load_state_dict checks the rebuilt structure against them."""
         return {"adapters": list(self._adapters)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Check that resume rebuilt the saved adapters (weights themselves load with the model)."""
         saved = state.get("adapters")
         if saved is not None and list(saved) != self._adapters:

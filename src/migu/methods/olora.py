@@ -22,7 +22,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ._options import check_float, snapshot_options
+from ._options import check_float
+from .base import StepContext
 from .inclora import IncLoRA
 from .lora import adapter_parameters, lora_layers
 
@@ -57,24 +58,32 @@ class OIncLoRA(IncLoRA):
     """IncLoRA whose new adapter is pushed orthogonal (in A's row space) to the old adapters.
 
     Options: those of :class:`LoRA`, plus ``lambda1`` (0.5, orthogonality weight) and ``lambda2``
-    (0.0, L2 weight on the new adapter). ``loss_terms`` returns the *weighted* terms
+    (0.0, L2 weight on the new adapter). ``step_loss`` returns the *weighted* terms
     ``{"orth", "l2"}`` (what is added to the loss). MIGU threshold 0.1 (paper: 0.05 to 0.1).
     """
 
     name: ClassVar[str] = "olora"
+    paper_name: ClassVar[str] = "OIncLoRA"
+    description: ClassVar[str] = (
+        "O-LoRA: IncLoRA plus a loss keeping the new adapter's A orthogonal to the old adapters' "
+        "(lambda1) and an L2 on the new adapter (lambda2)"
+    )
     default_threshold: ClassVar[float] = 0.1
 
     lambda1: float = 0.5
     lambda2: float = 0.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         check_float(self, "lambda1", 0.0, math.inf, high_open=True)
         check_float(self, "lambda2", 0.0, math.inf, high_open=True)
-        snapshot_options(self)
 
-    def loss_terms(self, model: nn.Module, task_index: int) -> dict[str, torch.Tensor]:
+    def step_loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         """{"orth": lambda1 * orthogonality, "l2": lambda2 * L2}; zeros (no graph) where a weight is 0."""
+        return self.penalties(ctx.task.model, ctx.task_index)
+
+    def penalties(self, model: nn.Module, task_index: int) -> dict[str, torch.Tensor]:
+        """The weighted terms of task ``task_index``'s adapter (they depend on the weights only)."""
         new = self.adapter_name(task_index)
         orth = orthogonality(model, new, self.old_adapters(task_index)) if self.lambda1 > 0.0 else None
         l2 = adapter_l2(model, new) if self.lambda2 > 0.0 else None

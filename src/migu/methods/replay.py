@@ -9,7 +9,8 @@ Rounding: k = round-half-up(fraction * n), at least 1 and at most n (0 for an em
 of 100 rows is 2, of 10 rows is 1 (0.2, raised to the minimum of one), of 175 rows is 4 (3.5 up).
 
 The sample is seeded by (``replay_seed``, task index, task name) only, so replaying ``on_task_end``
-on resume draws the same rows; ``state_dict`` also saves the rows themselves (as dicts, JSON-safe),
+on resume draws the same rows; ``replay_seed`` left unset follows the run's seed (``on_run_start``),
+and is 0 outside a run; ``state_dict`` also saves the rows themselves (as dicts, JSON-safe),
 so a buffer can be restored without the task data.
 """
 
@@ -21,14 +22,13 @@ import logging
 import math
 import random
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import nn
+import torch
 
-from ._options import check_float, check_int, snapshot_options
-from .base import CLMethod
+from ._options import check_float, check_int
+from .base import CLMethod, MethodNeeds, TaskContext
 from .ft import FT
 from .lora import LoRA
 
@@ -103,20 +103,29 @@ class _Stored:
 class ReplayMixin(CLMethod):
     """Adds a replay buffer to a method (put it first in the bases: ``class X(ReplayMixin, LoRA)``).
 
-    Options: ``replay_fraction`` (0.02, in (0, 1]), ``replay_seed`` (0).
+    Options: ``replay_fraction`` (0.02, in (0, 1]), ``replay_seed`` (default: the run's seed; 0
+    outside a run).
     """
 
+    needs: ClassVar[MethodNeeds] = MethodNeeds(old_data=True)
+    regimes: ClassVar[tuple[str, ...]] = ("finetune", "instruct")
+
     replay_fraction: float = 0.02
-    replay_seed: int = 0
+    replay_seed: int | None = None
     _buffer: dict[int, _Stored] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()  # merges ``options`` into all fields, these included
+    def validate(self) -> None:
+        super().validate()
         check_float(self, "replay_fraction", 0.0, 1.0, low_open=True)
-        check_int(self, "replay_seed", 0)
-        snapshot_options(self)
+        if self.replay_seed is not None:
+            check_int(self, "replay_seed", 0)
+
+    def on_run_start(self, seed: int) -> None:
+        """An unset ``replay_seed`` follows the run's seed, so each seed of a sweep replays other rows."""
+        super().on_run_start(seed)
+        if self.replay_seed is None:
+            self.replay_seed = seed
+            self.snapshot_options()
 
     def replay_rows(self, task_index: int) -> list[Any]:
         """Stored rows of the tasks before ``task_index``, in task order."""
@@ -126,21 +135,23 @@ class ReplayMixin(CLMethod):
         """Stored rows per finished task (by task name)."""
         return {self._buffer[i].task: len(self._buffer[i].rows) for i in sorted(self._buffer)}
 
-    def training_examples(self, task_index: int, examples: Sequence[Any], rng: random.Random) -> list[Any]:
+    def training_examples(self, ctx: TaskContext, rng: random.Random) -> list[Any]:
         """This task's rows, then the stored rows of every earlier task (the runner shuffles)."""
-        own = super().training_examples(task_index, examples, rng)
-        replayed = self.replay_rows(task_index)
+        own = super().training_examples(ctx, rng)
+        replayed = self.replay_rows(ctx.task_index)
         if replayed:
-            log.info("task %d: %d own rows + %d replayed rows", task_index, len(own), len(replayed))
+            log.info("task %d: %d own rows + %d replayed rows", ctx.task_index, len(own), len(replayed))
         return own + replayed
 
-    def on_task_end(self, model: nn.Module, task_index: int, task_name: str, examples: Sequence[Any]) -> None:
+    def on_task_end(self, ctx: TaskContext) -> None:
         """Store a seeded sample of the finished task's training rows (replacing any earlier one)."""
-        super().on_task_end(model, task_index, task_name, examples)
+        super().on_task_end(ctx)
+        task_index, task_name, examples = ctx.task_index, ctx.task_name, ctx.examples
         n = len(examples)
         k = replay_count(self.replay_fraction, n)
+        seed = 0 if self.replay_seed is None else self.replay_seed
         # str seeds hash with SHA-512 in `random`: the same draw in every process and on resume.
-        rng = random.Random(f"{self.replay_seed}:{task_index}:{task_name}")
+        rng = random.Random(f"{seed}:{task_index}:{task_name}")
         indices = sorted(rng.sample(range(n), k))
         rows = [examples[j] for j in indices]
         self._buffer[task_index] = _Stored(
@@ -154,9 +165,9 @@ class ReplayMixin(CLMethod):
         state["replay"] = [self._buffer[i].to_json() for i in sorted(self._buffer)]
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Restore the buffer; rows already rebuilt by a replayed ``on_task_end`` are kept as objects."""
-        super().load_state_dict(state)
+        super().load_state_dict(state, tensors)
         saved = state.get("replay")
         if saved is None:
             log.warning("method %r: state has no replay buffer; keeping the current one", self.name)
@@ -192,6 +203,10 @@ class LoRAReplay(ReplayMixin, LoRA):
     """LoRA + replay (the paper's LoRAReplay, 2% of each past task). MIGU threshold 0.4 (paper)."""
 
     name: ClassVar[str] = "lora_replay"
+    paper_name: ClassVar[str] = "LoRAReplay"
+    description: ClassVar[str] = (
+        "LoRA, plus a seeded 2% of each earlier task's training rows mixed into later tasks"
+    )
     default_threshold: ClassVar[float] = 0.4
 
 
@@ -200,4 +215,8 @@ class FTReplay(ReplayMixin, FT):
     """FT + replay. MIGU threshold 0.4 (as LoRAReplay)."""
 
     name: ClassVar[str] = "ft_replay"
+    paper_name: ClassVar[str] = "FTReplay"
+    description: ClassVar[str] = (
+        "FT, plus a seeded 2% of each earlier task's training rows mixed into later tasks"
+    )
     default_threshold: ClassVar[float] = 0.4

@@ -9,6 +9,7 @@ from .config import HUB_ALIASES, ModelConfig, minilm_dir, resolve_model_name
 from .encoder import EncoderClassifier, EncoderFamily, LabelHead
 from .factory import build_family, detect_family
 from .generative import CausalFamily, GenerativeFamily, Seq2SeqFamily
+from .spec import FamilyOutput, ModelSpec
 
 __all__ = [
     "HUB_ALIASES",
@@ -16,10 +17,12 @@ __all__ = [
     "EncoderClassifier",
     "EncoderFamily",
     "ExampleLike",
+    "FamilyOutput",
     "GenerativeFamily",
     "LabelHead",
     "ModelConfig",
     "ModelFamily",
+    "ModelSpec",
     "Seq2SeqFamily",
     "build_family",
     "detect_family",

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from ..methods.base import ModelSpec
 from .config import ModelConfig
+from .spec import FamilyOutput, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,12 @@ class ModelFamily(ABC):
         """A training batch (tensors only) for ``loss``."""
 
     @abstractmethod
+    def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> FamilyOutput:
+        """Loss (mean, fp32) and logits of a training batch; ``model`` may wrap ``self.model`` (PEFT, DDP)."""
+
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Mean training loss of a batch, in fp32; ``model`` may be a PEFT/DDP wrapper of ``self.model``."""
+        """Mean training loss of a batch, in fp32."""
+        return self.forward(model, batch).loss
 
     @abstractmethod
     def option_scores(

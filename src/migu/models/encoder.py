@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..methods.base import ModelSpec
 from .base import ExampleLike, ModelFamily, chunks, lora_targets_for, model_device, pad_to_tensor, to_device
 from .config import ModelConfig
+from .spec import FamilyOutput, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,9 @@ class EncoderFamily(ModelFamily):
         batch["labels"] = torch.tensor([self._index[ex.label] for ex in examples], dtype=torch.long)
         return batch
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return model(**to_device(batch, model_device(model))).loss
+    def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> FamilyOutput:
+        out = model(**to_device(batch, model_device(model)))
+        return FamilyOutput(loss=out.loss, logits=out.logits)  # logits [B, n_labels], -inf off-option
 
     def option_scores(
         self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
-from ..methods.base import ModelSpec
 from .base import ExampleLike, ModelFamily, chunks, lora_targets_for, model_device, pad_to_tensor, to_device
 from .config import ModelConfig
+from .spec import FamilyOutput, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,12 @@ def _token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
     return torch.log_softmax(picked, dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
 
 
-def _mean_nll(logits: Tensor, targets: Tensor) -> Tensor:
-    """Token-weighted mean cross entropy over real targets, in fp32."""
+def _answer_output(logits: Tensor, targets: Tensor) -> FamilyOutput:
+    """Token-weighted mean cross entropy over real targets (fp32), with the [N, V] fp32 logits of
+    those N positions: the loss reads them anyway, so distillation gets them for free."""
     mask = targets != IGNORE
-    return F.cross_entropy(logits[mask].float(), targets[mask])
+    picked = logits[mask].float()  # [N, V]: only real target positions are upcast
+    return FamilyOutput(loss=F.cross_entropy(picked, targets[mask]), logits=picked)
 
 
 def _per_example(scores: Sequence[float], examples: Sequence[ExampleLike]) -> list[list[float]]:
@@ -176,7 +178,7 @@ class Seq2SeqFamily(GenerativeFamily):
             "decoder_attention_mask": dec_mask,
         }
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> FamilyOutput:
         batch = to_device(batch, model_device(model))
         out = model(
             input_ids=batch["input_ids"],
@@ -184,7 +186,7 @@ class Seq2SeqFamily(GenerativeFamily):
             labels=batch["labels"],
             decoder_attention_mask=batch["decoder_attention_mask"],
         )
-        return _mean_nll(out.logits, batch["labels"])
+        return _answer_output(out.logits, batch["labels"])
 
     def option_scores(
         self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32
@@ -297,10 +299,10 @@ class CausalFamily(GenerativeFamily):
         # labels are not passed: the model would compute a second full-vocabulary loss.
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> FamilyOutput:
         batch = to_device(batch, model_device(model))
         logits = self._logits(model, batch)
-        return _mean_nll(logits[:, :-1], batch["labels"][:, 1:])
+        return _answer_output(logits[:, :-1], batch["labels"][:, 1:])
 
     def option_scores(
         self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32

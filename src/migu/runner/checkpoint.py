@@ -5,6 +5,7 @@ Layout of a run directory::
     run_state.json                 # completed tasks, accuracy rows so far, config hash
     checkpoints/task_03/model.safetensors
     checkpoints/task_03/method_state.json
+    checkpoints/task_03/method_state.safetensors   # only for methods with tensor state
 
 A checkpoint directory is written under a temporary name and renamed into place, and
 ``run_state.json`` is replaced atomically after it, so a run killed at any moment resumes from
@@ -22,13 +23,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_model, save_model
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "run_state.json"
 CKPT_DIR = "checkpoints"
+METHOD_TENSORS = "method_state.safetensors"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -58,7 +61,13 @@ def task_dir(run_dir: Path, task_index: int) -> Path:
     return run_dir / CKPT_DIR / f"task_{task_index:02d}"
 
 
-def save_checkpoint(run_dir: Path, task_index: int, model: nn.Module, method_state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    task_index: int,
+    model: nn.Module,
+    method_state: dict[str, Any],
+    method_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Save the model after ``task_index`` under a temp name, then rename into place."""
     final = task_dir(run_dir, task_index)
     tmp = final.with_name(final.name + ".tmp")
@@ -66,14 +75,19 @@ def save_checkpoint(run_dir: Path, task_index: int, model: nn.Module, method_sta
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
     (tmp / "method_state.json").write_text(json.dumps(method_state))
+    if method_tensors:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in method_tensors.items()}
+        save_file(tensors, str(tmp / METHOD_TENSORS))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
 
 
-def load_checkpoint(run_dir: Path, task_index: int, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` (strict) and return the method state saved beside them."""
+def load_checkpoint(
+    run_dir: Path, task_index: int, model: nn.Module
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load weights into ``model`` (strict); return the method state (JSON, tensors) saved beside them."""
     d = task_dir(run_dir, task_index)
     weights = d / "model.safetensors"
     if not weights.is_file():
@@ -84,7 +98,8 @@ def load_checkpoint(run_dir: Path, task_index: int, model: nn.Module) -> dict[st
             f"{weights} does not match the model built from the config: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return json.loads((d / "method_state.json").read_text())
+    tensors = load_file(str(d / METHOD_TENSORS)) if (d / METHOD_TENSORS).is_file() else {}
+    return json.loads((d / "method_state.json").read_text()), tensors
 
 
 def prune_checkpoints(run_dir: Path, keep_index: int) -> None:

@@ -21,9 +21,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ..benchmarks import TaskData
 from ..engine import MIGUConfig, attach
-from ..methods.base import CLMethod
+from ..methods import CLMethod, StepContext, TaskContext
 from ..metrics import accuracy, macro_f1
+from ..models import ModelFamily
+from .config import TrainConfig
 from .optim import build_adamw
 
 log = logging.getLogger(__name__)
@@ -41,17 +44,17 @@ class TaskTrainResult:
 
 def train_task(
     accelerator: Accelerator,
-    model: nn.Module,
-    family: Any,
+    task: TaskContext,
+    family: ModelFamily,
     method: CLMethod,
     examples: Sequence[Any],
-    task_index: int,
-    task_name: str,
-    train_cfg: Any,
+    train_cfg: TrainConfig,
     seed: int,
     migu_config: MIGUConfig | None,
 ) -> TaskTrainResult:
-    """Train ``model`` on one task's examples; returns step count, time and the last losses."""
+    """Train ``task.model`` on ``examples`` (the method's rows for this task); returns step count,
+    time and the last losses."""
+    model, task_index, task_name = task.model, task.task_index, task.task_name
     set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
     loader = DataLoader(
         list(examples),
@@ -96,8 +99,9 @@ def train_task(
     while step < total:
         for batch in loader:
             with accelerator.accumulate(wrapped):
-                loss = family.loss(wrapped, batch)
-                terms = method.loss_terms(model, task_index)
+                out = family.forward(wrapped, batch)
+                loss = out.loss
+                terms = method.step_loss(StepContext(task, wrapped, batch, out, step))
                 total_loss = loss + sum(terms.values()) if terms else loss
                 accelerator.backward(total_loss)
                 running += loss.detach().float()
@@ -154,7 +158,7 @@ def train_task(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, family: Any, tasks: Sequence[Any], batch_size: int, desc: str = "eval"
+    model: nn.Module, family: ModelFamily, tasks: Sequence[TaskData], batch_size: int, desc: str = "eval"
 ) -> tuple[list[float], list[float]]:
     """Accuracy and macro-F1 of ``model`` on every task's test rows, in order."""
     accs, f1s = [], []

@@ -12,15 +12,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch import nn
 
 from ..benchmarks import get_order, load_tasks, resolve_data_root
 from ..engine import MIGUConfig
-from ..methods import get_method, get_method_class
-from ..methods._options import option_names
+from ..methods import CLMethod, TaskContext, get_method
 from ..metrics import summarize
-from ..models import ModelConfig, build_family
+from ..models import ModelConfig, ModelFamily, build_family
 from . import checkpoint as ckpt
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
 from .loop import evaluate, train_task
@@ -38,7 +39,7 @@ class Plan:
     task_names: list[str]
     tasks: list[Any]  # TaskData, in order
     model_config: ModelConfig
-    method: Any
+    method: CLMethod
     migu: MIGUConfig | None
     resolved: dict[str, Any]
 
@@ -58,13 +59,11 @@ def resolve_migu(config: RunConfig, default_threshold: float) -> MIGUConfig | No
 def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> Plan:
     """Resolve and validate config, data, model and method (reads all data; trains nothing)."""
     task_names = list(get_order(config.order).tasks) if config.order else list(config.tasks or [])
-    options = dict(config.method.options)
     try:
-        if "replay_seed" in option_names(get_method_class(config.method.name)):
-            options.setdefault("replay_seed", config.seed)  # replay sample follows the run's seed
-        method = get_method(config.method.name, **options)
+        method = get_method(config.method.name, **config.method.options)
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"method: {exc}") from exc
+    method.on_run_start(config.seed)
     migu_cfg = resolve_migu(config, method.default_threshold)
     try:
         model_config = ModelConfig(**config.model)
@@ -124,13 +123,38 @@ def build_model(plan: Plan) -> tuple[Any, Any]:
     return family, plan.method.prepare_model(family.model, family.spec)
 
 
-def load_task_checkpoint(plan: Plan, model: Any, task_index: int) -> None:
+def task_context(
+    plan: Plan,
+    family: ModelFamily,
+    model: nn.Module,
+    i: int,
+    device: torch.device | None = None,
+    rebuilding: bool = False,
+) -> TaskContext:
+    """What the method sees of task ``i``: its training rows and the family on ``model``."""
+    task = plan.tasks[i]
+    return TaskContext(
+        model=model,
+        task_index=i,
+        task_name=task.name,
+        examples=task.train,
+        rebuilding=rebuilding,
+        forward=family.forward,
+        collate=family.collate,
+        device=device or torch.device("cpu"),
+        batch_size=plan.config.train.batch_size,
+    )
+
+
+def load_task_checkpoint(plan: Plan, family: ModelFamily, model: nn.Module, task_index: int) -> None:
     """Rebuild the method's structure up to ``task_index`` (adapters, buffers) without training,
     then load the weights and method state saved after that task."""
     for i in range(task_index + 1):
-        plan.method.on_task_start(model, i, plan.tasks[i].name)
-        plan.method.on_task_end(model, i, plan.tasks[i].name, plan.tasks[i].train)
-    plan.method.load_state_dict(ckpt.load_checkpoint(plan.run_dir, task_index, model))
+        ctx = task_context(plan, family, model, i, rebuilding=True)
+        plan.method.on_task_start(ctx)
+        plan.method.on_task_end(ctx)
+    state, tensors = ckpt.load_checkpoint(plan.run_dir, task_index, model)
+    plan.method.load_state_dict(state, tensors)
 
 
 def restore_run(
@@ -151,7 +175,7 @@ def restore_run(
         raise ValueError(f"task_index {task_index} out of range for {len(plan.tasks)} tasks")
     family, model = build_model(plan)
     model.eval()
-    load_task_checkpoint(plan, model, task_index)
+    load_task_checkpoint(plan, family, model, task_index)
     return plan, family, model
 
 
@@ -228,18 +252,17 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
         done = state["completed"]
         log.info("resuming %s after task %d of %d", run_dir, done, len(tasks))
         if done:
-            load_task_checkpoint(plan, model, done - 1)
+            load_task_checkpoint(plan, family, model, done - 1)
 
     start = time.perf_counter()
     for i in range(state["completed"], len(tasks)):
         task = tasks[i]
         seed = _task_seed(cfg.seed, i)
-        method.on_task_start(model, i, task.name)
-        examples = method.training_examples(i, task.train, random.Random(seed))
-        result = train_task(
-            accelerator, model, family, method, examples, i, task.name, cfg.train, seed, plan.migu
-        )
-        method.on_task_end(model, i, task.name, task.train)
+        ctx = task_context(plan, family, model, i, accelerator.device)
+        method.on_task_start(ctx)
+        examples = method.training_examples(ctx, random.Random(seed))
+        result = train_task(accelerator, ctx, family, method, examples, cfg.train, seed, plan.migu)
+        method.on_task_end(ctx)
         t0 = time.perf_counter()
         accs, f1s = evaluate(model, family, tasks, cfg.train.eval_batch_size, desc=f"eval after {task.name}")
         log.info(
@@ -248,7 +271,9 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
             " ".join(f"{t.name}={100 * a:.1f}" for t, a in zip(tasks, accs, strict=True)),
         )
         if accelerator.is_main_process:
-            ckpt.save_checkpoint(run_dir, i, accelerator.unwrap_model(model), method.state_dict())
+            ckpt.save_checkpoint(
+                run_dir, i, accelerator.unwrap_model(model), method.state_dict(), method.state_tensors()
+            )
         state["matrix"].append(accs)
         state["f1"].append(f1s)
         state["timings"].append(
