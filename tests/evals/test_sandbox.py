@@ -89,13 +89,18 @@ def test_config_cpu_follows_timeout() -> None:
     assert SandboxConfig(timeout_s=2.5, cpu_s=7).rlimits()["RLIMIT_CPU"] == 7
 
 
-def test_info_is_probed_once_and_reports_limits(box: Sandbox) -> None:
+def test_info_is_probed_once_and_reports_its_own_limits(
+    box: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     info = box.info
     assert info.limits == box.config.rlimits()
     assert info.mode in ("namespaces", "netns", "userns", "userns-netns", "plain")
-    assert info is Sandbox(SandboxConfig(timeout_s=TIMEOUT_S, workers=2)).info  # cached probe
     if os.geteuid() == 0:
         assert info.privileges_dropped
+    monkeypatch.setattr(Sandbox, "_execute", lambda *a, **k: pytest.fail("probed again"))
+    other = Sandbox(SandboxConfig(timeout_s=TIMEOUT_S + 1, memory_mb=512)).info  # the cached probe
+    assert (other.mode, other.network_isolated) == (info.mode, info.network_isolated)
+    assert other.limits["RLIMIT_AS"] == 512 * 1024**2
 
 
 def test_network_require_fails_before_running_anything(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -540,7 +540,7 @@ def _rmtree(path: str) -> None:
         shutil.rmtree(path, onerror=lambda func, p, info: fix(func, p, info[1]))
 
 
-_PROBE_CACHE: dict[tuple[str, str, bool, int], tuple[_Mode, SandboxInfo]] = {}
+_PROBE_CACHE: dict[tuple[str, str, bool, int], _Mode] = {}
 _PROBE_LOCK = threading.Lock()
 
 
@@ -564,6 +564,20 @@ class Sandbox:
         return self._info
 
     def _probe(self) -> tuple[_Mode, SandboxInfo]:
+        mode = self._probe_mode()
+        info = SandboxInfo(
+            mode=mode.name,
+            network_isolated=mode.net_ns,
+            pid_namespace=mode.pid_ns,
+            private_tmp=mode.mounts,
+            privileges_dropped=mode.drop,
+            python=self._python,
+            limits=self.config.rlimits(),
+        )
+        return mode, info
+
+    def _probe_mode(self) -> _Mode:
+        """The strongest mode that works here for this interpreter and network policy (cached)."""
         is_root = os.geteuid() == 0
         key = (self._python, self.config.network, is_root, self.config.uid_base)
         with _PROBE_LOCK:
@@ -587,33 +601,21 @@ class Sandbox:
                 failures.append(f"{mode.name}: {why}")
                 logger.debug("sandbox mode %s unusable: %s", mode.name, why)
             else:
-                raise SandboxError("no way to run sandboxed samples here: " + "; ".join(failures))
-            network_isolated = mode.net_ns
-            if self.config.network == "require" and not network_isolated:
                 raise SandboxError(
-                    "SandboxConfig.network='require' but no network namespace can be created here "
-                    f"({'; '.join(failures)}); use network='isolate-if-possible' to run with the network"
+                    f"no way to run sandboxed samples here (network={self.config.network!r}): "
+                    + "; ".join(failures)
                 )
-            info = SandboxInfo(
-                mode=mode.name,
-                network_isolated=network_isolated,
-                pid_namespace=mode.pid_ns,
-                private_tmp=mode.mounts,
-                privileges_dropped=mode.drop,
-                python=self._python,
-                limits=self.config.rlimits(),
-            )
             if not mode.drop:
                 logger.warning(
                     "sandbox: samples run with the invoking user's file permissions (mode %r, not root): "
                     "NOT a protection against hostile code (see migu.evals.sandbox)",
                     mode.name,
                 )
-            if self.config.network != "allow" and not network_isolated:
+            if self.config.network != "allow" and not mode.net_ns:
                 logger.warning("sandbox: no network namespace available; samples keep the network")
-            logger.info("sandbox: %s", info)
-            _PROBE_CACHE[key] = (mode, info)
-            return mode, info
+            logger.info("sandbox: mode %s for %s (%s)", mode.name, self._python, mode)
+            _PROBE_CACHE[key] = mode
+            return mode
 
     def _probe_problem(self, result: SandboxResult, mode: _Mode, uid: int | None) -> str | None:
         if not result.passed:
