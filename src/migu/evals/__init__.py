@@ -1,0 +1,1 @@
+"""Evaluations beyond the continual-learning task suite (general-ability / forgetting probes)."""
