@@ -1,4 +1,5 @@
-"""Evaluations of generated code and text (HumanEval pass@k in a subprocess sandbox).
+"""External evaluators: HumanEval pass@k in a subprocess sandbox, and general-ability scores through
+lm-evaluation-harness (``migu.evals.lm_eval_bridge``, imported on its own: it loads lm-eval).
 
 Only standard-library modules are imported here; torch/transformers load inside the functions that
 need them.
