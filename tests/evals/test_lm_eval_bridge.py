@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from real_data import REAL_ROOT
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (pip install 'migu[eval]')")
 
 import datasets
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from support.data import REAL_ROOT, needs_real_data
+from support.models import tiny_llama as _tiny_llama
+from support.models import word_tokenizer
 
 from migu.evals.lm_eval_bridge import (
     BOOLQA_TASK,
@@ -52,12 +53,8 @@ QUERIES = [
     "the small cat sat on the mat because",
     "Question: what is green ? Answer:",
 ]
-# CL_Benchmark: $MIGU_DATA or ../shared/data beside the repo (tests/real_data.py), else /work/shared.
-_SHARED = Path("/work/shared/data/CL_Benchmark")
-CL_ROOT = REAL_ROOT or (_SHARED if _SHARED.is_dir() else None)
-needs_cl_benchmark = pytest.mark.skipif(
-    CL_ROOT is None, reason="CL_Benchmark not found ($MIGU_DATA, ../shared/data or /work/shared/data)"
-)
+CL_ROOT = REAL_ROOT  # $MIGU_DATA, else ../shared/data beside the repo
+needs_cl_benchmark = needs_real_data
 CHOICES = [
     ["on the mat", "sky", "in the big blue sea"],
     ["the sky", "the sea", "red"],
@@ -79,35 +76,13 @@ def _isolated_datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.fixture(scope="module")
 def tokenizer() -> transformers.PreTrainedTokenizerFast:
     """Word-level tokenizer trained in memory; prepends BOS like Llama's, so lm-eval sees a BOS'd context."""
-    backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"])
-    backend.train_from_iterator([VOCAB_TEXT], trainer)
-    backend.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A", special_tokens=[("[BOS]", backend.token_to_id("[BOS]"))]
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
-    )
+    return word_tokenizer(VOCAB_TEXT)
 
 
 def tiny_llama(
     tokenizer: transformers.PreTrainedTokenizerBase, seed: int = 0
 ) -> transformers.LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return transformers.LlamaForCausalLM(config)
+    return _tiny_llama(tokenizer, seed=seed, max_positions=256)
 
 
 @torch.no_grad()

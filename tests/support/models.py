@@ -242,3 +242,64 @@ def tiny_family(
     vocab = MINILM_VOCAB if tokenizer == "minilm" else TINY_VOCAB
     cfg = ModelConfig(random_init=tiny_config(kind, vocab), tokenizer=tokenizer, **fields)
     return build_family(cfg, label_space)
+
+
+# --- decoder-only LMs with in-memory tokenizers (HumanEval, lm-eval, SFT tests) ----------------------
+
+
+def byte_bpe_tokenizer(texts: list[str], vocab_size: int = 320) -> Any:
+    """A byte-level BPE trained in memory on ``texts``: every string round-trips, no download."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def word_tokenizer(text: str) -> Any:
+    """A word-level tokenizer trained in memory on ``text``; prepends BOS as Llama's does, and its
+    tokens never merge across spaces (so ``a + " " + b`` tokenizes as a's tokens then b's)."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[BOS]", "[EOS]"])
+    backend.train_from_iterator([text], trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A", special_tokens=[("[BOS]", backend.token_to_id("[BOS]"))]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
+    )
+
+
+def tiny_llama(tokenizer: Any, seed: int = 0, max_positions: int = 1024) -> nn.Module:
+    """A 2-layer random LlamaForCausalLM sized to ``tokenizer`` (its bos/eos/pad ids set)."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config)
