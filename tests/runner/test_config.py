@@ -20,8 +20,8 @@ def test_overrides_and_base_include(tmp_path: Path) -> None:
     cfg = load_config(child, ["train.lr=2e-4", "migu.threshold=0.5", "model.name=minilm"])
     assert cfg.name == "c"
     assert cfg.train.batch_size == 4 and cfg.train.lr == pytest.approx(2e-4)
-    assert cfg.migu == {"threshold": 0.5}
-    assert cfg.model == {"name": "minilm"}
+    assert cfg.migu is not None and cfg.migu.threshold == 0.5
+    assert cfg.model.name == "minilm"
     assert cfg.tasks == ["a", "b"]
 
 
@@ -99,3 +99,38 @@ def test_sweep_grid_override(tmp_path: Path) -> None:
     # A threshold of 0.0 is MIGU on at T = 0 (plain training through the masker), not "off".
     assert [c.config["migu"] for c in cells] == [None, {}, {"threshold": 0.0}]
     assert all(c.config["train"]["lr"] == 0.5 for c in cells)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.weight_decay=abc", r"train\.weight_decay must be a number, got 'abc'"),
+        ("train.max_grad_norm=abc", r"train\.max_grad_norm must be a number or null, got 'abc'"),
+        ("train.batch_size=1.5", r"train\.batch_size must be an integer, got 1\.5"),
+        ("train.max_steps_per_task=abc", r"train\.max_steps_per_task must be an integer or null"),
+        ("train.betas=[0.9]", r"train\.betas must be a list of 2 numbers"),
+        ("train.mixed_precision=fp16", r"train\.mixed_precision must be one of no, bf16"),
+        ("migu.threshold=abc", r"migu\.threshold must be a number, got 'abc'"),
+        ("migu.threshold=1.5", r"migu: MIGUConfig\.threshold must be in \[0, 1\)"),
+        ("migu.bogus=1", r"unknown key\(s\) \['bogus'\] in migu"),
+        ("model.max_length=abc", r"model\.max_length must be an integer, got 'abc'"),
+        ("model.bogus=1", r"unknown key\(s\) \['bogus'\] in model"),
+        ("model.eval_mode=beam", r"model\.eval_mode must be one of rank, generate"),
+        ("method.name=nope", r"method\.name: unknown CL method 'nope'"),
+        ("method.options.r=0", r"method\.options: method 'ft': unknown option"),
+        ("seed=abc", r"seed must be an integer, got 'abc'"),
+        ("eval_baseline=maybe", r"eval_baseline must be true or false"),
+    ],
+)
+def test_every_field_is_checked_when_the_config_is_read(override: str, match: str) -> None:
+    """Issue 11.4 / 17.3: a bad value fails at load, naming its dotted key, before any model loads."""
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, ["tasks=[agnews]", "migu.threshold=0.5", override])
+
+
+def test_migu_threshold_defaults_to_the_methods(tmp_path: Path) -> None:
+    cfg = load_config(None, ["tasks=[agnews]", "method.name=olora", "migu={}"])
+    assert cfg.migu is not None and cfg.migu.threshold == 0.1  # O-LoRA's paper threshold
+    assert load_config(None, ["tasks=[agnews]", "migu=null"]).migu is None
+    data = cfg.to_dict()
+    assert data["migu"]["components"] == ["qkv", "o", "ffn"] and data["train"]["betas"] == [0.9, 0.999]

@@ -31,6 +31,7 @@ from .optim import build_adamw
 
 log = logging.getLogger(__name__)
 
+# our schedule names -> transformers.get_scheduler names
 _SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Literal, get_args
 
 import torch
 
 log = logging.getLogger(__name__)
 
-OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
+OptimizerImpl = Literal["auto", "fused", "foreach", "for-loop"]
+OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
 # Devices with a fused AdamW kernel in every torch this package supports (CPU since torch 2.4).
 _FUSED_DEVICES = ("cpu", "cuda")
 

@@ -44,18 +44,6 @@ class Plan:
     resolved: dict[str, Any]
 
 
-def resolve_migu(config: RunConfig, default_threshold: float) -> MIGUConfig | None:
-    """``migu: null`` = off; a mapping = MIGUConfig fields, threshold defaulting to the method's."""
-    if config.migu is None:
-        return None
-    fields = dict(config.migu)
-    fields.setdefault("threshold", default_threshold)
-    try:
-        return MIGUConfig.from_dict(fields)
-    except ValueError as exc:
-        raise ConfigError(f"migu: {exc}") from exc
-
-
 def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> Plan:
     """Resolve and validate config, data, model and method (reads all data; trains nothing)."""
     task_names = list(get_order(config.order).tasks) if config.order else list(config.tasks or [])
@@ -64,11 +52,6 @@ def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | Non
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"method: {exc}") from exc
     method.on_run_start(config.seed)
-    migu_cfg = resolve_migu(config, method.default_threshold)
-    try:
-        model_config = ModelConfig(**config.model)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model: {exc}") from exc
     root = resolve_data_root(data_root or config.data_root)
     d = config.data
     tasks_by_name = load_tasks(
@@ -83,16 +66,15 @@ def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | Non
     )
     resolved = config.to_dict()
     resolved["data_root"] = str(root)
-    resolved["migu"] = migu_cfg.to_dict() if migu_cfg is not None else None
     resolved["task_names"] = task_names
     return Plan(
         config,
         Path(run_dir),
         task_names,
         [tasks_by_name[n] for n in task_names],
-        model_config,
+        config.model,
         method,
-        migu_cfg,
+        config.migu,
         resolved,
     )
 
