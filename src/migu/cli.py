@@ -65,7 +65,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .runner.sweep import run_sweep
 
     summary = run_sweep(args.sweep, out=args.out, data_root=args.data, overrides=args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / summary["name"]
+    out = Path(args.out) if args.out else Path("runs") / str(summary["name"])
     print((out / "summary.md").read_text())
     print(f"sweep directory: {out}")
     return 0

@@ -43,7 +43,7 @@ def finished_run(bench_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     run_dir = tmp_path_factory.mktemp("analysis_runs") / "tiny_ft_migu"
     results = run(config, run_dir)
-    assert results["complete"]
+    assert results.complete
     return run_dir
 
 

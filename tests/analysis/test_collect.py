@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.results import run_results
 
 from migu.analysis.collect import (
     base_layer_name,
@@ -80,16 +81,17 @@ def test_checkpoint_indices() -> None:
 
 
 def test_threshold_resolution() -> None:
-    assert resolve_threshold({"migu": None}) == 0.7  # no MIGU: the paper's T
-    assert resolve_threshold({"migu": {"threshold": 0.4}}) == 0.4
-    assert resolve_threshold({"migu": {"threshold": 0.0}}) == 0.7  # T = 0 keeps every row
-    assert resolve_threshold({"migu": {"threshold": 0.4}}, 0.9) == 0.9
+    assert resolve_threshold(run_results(migu=None)) == 0.7  # no MIGU: the paper's T
+    assert resolve_threshold(run_results(migu={"threshold": 0.4})) == 0.4
+    assert resolve_threshold(run_results(migu={"threshold": 0.0})) == 0.7  # T = 0 keeps every row
+    assert resolve_threshold(run_results(migu={"threshold": 0.4}), 0.9) == 0.9
+    assert resolve_threshold(run_results("olora", migu=None)) == 0.1  # the method's own paper T
     with pytest.raises(ValueError):
-        resolve_threshold({}, 1.0)
+        resolve_threshold(run_results(), 1.0)
     with pytest.raises(ValueError, match="keeps every row"):
-        resolve_threshold({}, 0.0)
-    assert run_label({"method": "ft", "migu": None}) == "FT"
-    assert run_label({"method": "lora", "migu": {"threshold": 0.7}}) == "LoRA+MIGU (T=0.7)"
+        resolve_threshold(run_results(), 0.0)
+    assert run_label(run_results("ft", migu=None)) == "FT"
+    assert run_label(run_results("lora", migu={"threshold": 0.7})) == "LoRA+MIGU (T=0.7)"
 
 
 def test_row_sampling_is_seeded() -> None:

@@ -11,8 +11,10 @@ from support.results import fake_results
 
 from migu.analysis import plots
 from migu.analysis.report import build_report
-from migu.analysis.sweeps import analyze_sweeps, group_cells, load_sweep, pct
+from migu.analysis.sweeps import analyze_sweeps
 from migu.cli import main
+from migu.runner.results import RunResults
+from migu.runner.summary import group_cells, pct, read_sweep_dir
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -21,7 +23,7 @@ def _rows(path: Path) -> list[list[str]]:
 
 
 def test_sweep_groups_over_seeds(table_sweep: Path) -> None:
-    sweep = load_sweep(table_sweep)
+    sweep = read_sweep_dir(table_sweep)
     assert sweep.name == "proxy_table" and sweep.missing == ["method-lora_migu-on_seed-2048"]
     groups = {(g.method, g.setting): g for g in group_cells([sweep])}
     assert set(groups) == {("ft", "off"), ("ft", "T=0.7"), ("lora", "off"), ("lora", "T=0.7")}
@@ -118,8 +120,9 @@ def test_report_rejects_other_directories(tmp_path: Path) -> None:
 
 
 def test_plots_with_partial_inputs(tmp_path: Path) -> None:
-    res = fake_results("ft", None, 1, 0.5)
-    res.update(complete=False, matrix=res["matrix"][:1], baseline=None)
+    data = fake_results("ft", None, 1, 0.5)
+    data.update(complete=False, matrix=data["matrix"][:1], baseline=None)
+    res = RunResults.from_json(data)
     fig = plots.plot_accuracy_matrix(res)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["after dbpedia"]
     assert len(fig.axes[0].texts) == 3

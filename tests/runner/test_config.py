@@ -71,36 +71,6 @@ def test_base_cycle(tmp_path: Path) -> None:
         load_config(tmp_path / "a.yaml")
 
 
-def test_sweep_bundles_and_labels(tmp_path: Path) -> None:
-    _write(tmp_path / "run.yaml", "tasks: [a]\ntrain: {lr: 0.1}\n")
-    sweep = _write(
-        tmp_path / "sw.yaml",
-        "name: s\nbase: run.yaml\ngrid:\n  recipe:\n"
-        "    - {label: ft, method.name: ft, train.lr: 1.0e-4}\n"
-        "    - {label: lora, method.name: lora, train.lr: 1.0e-3}\n"
-        "  migu: [off, on, 0.3]\n",
-    )
-    name, cells = load_sweep(sweep)
-    assert name == "s" and len(cells) == 6
-    by_name = {c.name: c.config for c in cells}
-    assert by_name["recipe-lora_migu-on"]["train"]["lr"] == 1e-3
-    assert by_name["recipe-lora_migu-on"]["method"]["name"] == "lora"
-    assert by_name["recipe-ft_migu-off"]["migu"] is None
-    assert by_name["recipe-ft_migu-threshold0.3"]["migu"] == {"threshold": 0.3}
-
-
-def test_sweep_grid_override(tmp_path: Path) -> None:
-    _write(tmp_path / "run.yaml", "tasks: [a]\n")
-    sweep = _write(tmp_path / "sw.yaml", "base: run.yaml\ngrid:\n  migu: [off, on, 0.0]\n  seed: [1, 2, 3]\n")
-    _, cells = load_sweep(sweep, ["grid.seed=[7]", "train.lr=0.5"])
-    _, dotted = load_sweep(sweep, ["grid.migu.threshold=[0.1, 0.2]"])
-    assert len(dotted) == 18 and {c.values["migu.threshold"] for c in dotted} == {0.1, 0.2}
-    assert [c.values["seed"] for c in cells] == [7, 7, 7]
-    # A threshold of 0.0 is MIGU on at T = 0 (plain training through the masker), not "off".
-    assert [c.config["migu"] for c in cells] == [None, {}, {"threshold": 0.0}]
-    assert all(c.config["train"]["lr"] == 0.5 for c in cells)
-
-
 @pytest.mark.parametrize(
     ("override", "match"),
     [

@@ -81,9 +81,9 @@ def test_hooks_see_batches_outputs_and_task_rows(
     probe: type[Probe], tiny_config: Callable[..., RunConfig], tmp_path: Path
 ) -> None:
     res = run(tiny_config(method={"name": "probe_hooks", "options": {"weight": 0.01}}), tmp_path / "run")
-    assert res["complete"]
+    assert res.complete
     assert CALLS == [("start", 0, False), ("end", 0, False), ("start", 1, False), ("end", 1, False)]
-    assert set(res["timings"][0]["loss_terms"]) == {"probe"} and res["timings"][0]["loss_terms"]["probe"] > 0
+    assert set(res.timings[0]["loss_terms"]) == {"probe"} and res.timings[0]["loss_terms"]["probe"] > 0
     state = json.loads((tmp_path / "run/checkpoints/task_01/method_state.json").read_text())
     assert state == {"tasks": [0, 1]}
     assert (tmp_path / "run/checkpoints/task_01/method_state.safetensors").is_file()
@@ -113,7 +113,7 @@ def test_resume_rebuilds_structure_and_restores_tensor_state(
     CALLS.clear()
     monkeypatch.setattr("migu.runner.run.train_task", spy)
     res = run(cfg, tmp_path / "run")
-    assert res["complete"]
+    assert res.complete
     assert first == [("start", 0, False), ("end", 0, False), ("start", 1, False)]
     # resume: task 0 replayed structure-only, then task 1 trained for real
     assert CALLS == [("start", 0, True), ("end", 0, True), ("start", 1, False), ("end", 1, False)]

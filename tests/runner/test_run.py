@@ -32,18 +32,18 @@ def test_run_writes_the_run_directory(tiny_config: Callable[..., RunConfig], tmp
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["task_01"]  # older pruned
     assert (out / "checkpoints/task_01/model.safetensors").is_file()
     saved = load_results(out)
-    assert saved["tasks"] == ["agnews", "amazon"] and saved["complete"]
-    assert len(saved["matrix"]) == 2 and all(len(r) == 2 for r in saved["matrix"])
-    assert saved["metrics"] == pytest.approx(summarize(saved["matrix"], saved["baseline"]))
-    assert set(saved["per_task"]) == {"agnews", "amazon"}
-    assert saved["per_task"]["agnews"]["train"]["used"] == 32
-    assert {"torch", "transformers", "peft", "accelerate", "migu"} <= set(saved["versions"])
-    assert saved["timings"][0]["steps"] == 4  # 32 rows / batch 8, one epoch
+    assert saved.tasks == ["agnews", "amazon"] and saved.complete
+    assert len(saved.matrix) == 2 and all(len(r) == 2 for r in saved.matrix)
+    assert saved.metrics == pytest.approx(summarize(saved.matrix, saved.baseline))
+    assert set(saved.per_task) == {"agnews", "amazon"}
+    assert saved.per_task["agnews"]["train"]["used"] == 32
+    assert {"torch", "transformers", "peft", "accelerate", "migu"} <= set(saved.versions)
+    assert saved.timings[0]["steps"] == 4  # 32 rows / batch 8, one epoch
     csv_lines = (out / "accuracy_matrix.csv").read_text().splitlines()
     assert csv_lines[0] == "after_task,agnews,amazon" and len(csv_lines) == 4  # header, untrained, 2 rows
     assert "ACC" in format_results(res)
     # The tiny model learns the keyword task it was trained on last.
-    assert saved["matrix"][1][1] > saved["baseline"][1]
+    assert saved.matrix[1][1] > saved.baseline[1]
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(
@@ -66,8 +66,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     assert state["completed"] == 1 and not (tmp_path / "resumed/results.json").exists()
     monkeypatch.setattr("migu.runner.run.train_task", real_train)
     resumed = run(cfg, tmp_path / "resumed")
-    assert resumed["matrix"] == full["matrix"]  # bit-identical on CPU with the same seed
-    assert resumed["baseline"] == full["baseline"]
+    assert resumed.matrix == full.matrix  # bit-identical on CPU with the same seed
+    assert resumed.baseline == full.baseline
 
 
 def test_keep_checkpoints_and_restore(tiny_config: Callable[..., RunConfig], tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_keep_checkpoints_and_restore(tiny_config: Callable[..., RunConfig], tmp
     plan, family, model = restore_run(out, 1)
     preds = family.predict(model, plan.tasks[1].test, batch_size=16)
     acc = sum(p == e.label for p, e in zip(preds, plan.tasks[1].test, strict=True)) / len(preds)
-    assert acc == pytest.approx(res["matrix"][1][1])
+    assert acc == pytest.approx(res.matrix[1][1])
 
 
 def test_migu_is_applied_once_per_optimizer_step(
@@ -94,7 +94,7 @@ def test_migu_is_applied_once_per_optimizer_step(
     res = run(tiny_config(migu={}, train={"grad_accum": 2}), tmp_path / "run")
     # 32 rows / batch 8 = 4 micro-batches = 2 optimizer steps per task, one mask each.
     assert calls == [0, 0, 1, 1]
-    assert res["migu"]["threshold"] == pytest.approx(0.7)  # FT's paper default
+    assert res.migu["threshold"] == pytest.approx(0.7)  # FT's paper default
 
 
 def test_existing_run_with_another_config_is_refused(
@@ -146,8 +146,8 @@ def test_unknown_method_and_bad_migu_are_config_errors(
 @pytest.mark.parametrize("kind", ["t5", "gpt2"])
 def test_generative_families_run(tiny_config: Callable[..., RunConfig], tmp_path: Path, kind: str) -> None:
     res = run(tiny_config(kind, migu={"threshold": 0.5}, data={"train_n": 16, "test_n": 8}), tmp_path / kind)
-    assert res["complete"] and len(res["matrix"]) == 2
-    assert all(0.0 <= v <= 1.0 for row in res["matrix"] for v in row)
+    assert res.complete and len(res.matrix) == 2
+    assert all(0.0 <= v <= 1.0 for row in res.matrix for v in row)
 
 
 METHOD_NAMES = ["ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"]
@@ -165,18 +165,18 @@ def test_every_method_with_and_without_migu_runs_two_tasks(
         eval_baseline=False,
     )
     res = run(cfg, tmp_path / "run")
-    assert res["complete"] and res["method"] == method and len(res["matrix"]) == 2
+    assert res.complete and res.method == method and len(res.matrix) == 2
     if migu_on:
         from migu.methods import get_method_class
 
-        assert res["migu"]["threshold"] == get_method_class(method).default_threshold
+        assert res.migu["threshold"] == get_method_class(method).default_threshold
     else:
-        assert res["migu"] is None
+        assert res.migu is None
     if method == "olora":
-        assert set(res["timings"][1]["loss_terms"]) == {"orth", "l2"}
+        assert set(res.timings[1]["loss_terms"]) == {"orth", "l2"}
     if "replay" in method:
         # 2% of 16 rows rounds to 1 replayed row from task 1 during task 2.
-        assert res["timings"][1]["train_rows"] == 16 + 1
+        assert res.timings[1]["train_rows"] == 16 + 1
 
 
 def test_schedules_bf16_autocast_and_tensorboard(
@@ -200,5 +200,5 @@ def test_schedules_bf16_autocast_and_tensorboard(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = load_results(out)
-    assert res["complete"] and res["config"]["train"]["mixed_precision"] == "bf16"
+    assert res.complete and res.config["train"]["mixed_precision"] == "bf16"
     assert list((out / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"

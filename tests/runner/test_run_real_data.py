@@ -24,8 +24,8 @@ def test_two_real_tasks_through_the_runner(tmp_path: Path) -> None:
         }
     )
     res = run(cfg, tmp_path / "run", data_root=REAL_ROOT)
-    assert res["complete"] and res["tasks"] == ["dbpedia", "agnews"]
-    carved = res["per_task"]["dbpedia"]["carved"]
+    assert res.complete and res.tasks == ["dbpedia", "agnews"]
+    carved = res.per_task["dbpedia"]["carved"]
     assert carved["from"] == "test.json" and carved["disjoint"]
-    assert res["timings"][0]["steps"] == 2
+    assert res.timings[0]["steps"] == 2
     assert (tmp_path / "run/accuracy_matrix.csv").is_file()

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from migu.metrics import summarize
+from migu.runner.results import RunResults
 
 from .models import tiny_config
 
@@ -18,6 +19,12 @@ RUN_TASKS = ["agnews", "amazon"]
 RUN_THRESHOLD = 0.5
 # A 2-block random BERT on the packaged MiniLM tokenizer: trains 3 steps per task in seconds.
 TINY_BERT = tiny_config("bert", intermediate_size=64, max_position_embeddings=64)
+
+
+def run_results(method: str = "ft", migu: dict[str, Any] | None = None, **fields: Any) -> RunResults:
+    """A RunResults with just what a test sets (one unfinished task by default)."""
+    base: dict[str, Any] = {"name": "r", "seed": 0, "tasks": ["t"], "complete": False, "matrix": []}
+    return RunResults(method=method, migu=migu, **{**base, **fields})
 
 
 def fake_results(

@@ -7,7 +7,6 @@ statistic MIGU would compute (``masker.collecting()`` under ``torch.no_grad()``)
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -22,6 +21,8 @@ from torch import nn
 
 from ..engine import COMPONENTS, Masker, MIGUConfig, attach, component_of
 from ..methods import FT, get_method_class, paper_name
+from ..runner.checkpoint import task_dir
+from ..runner.results import RunResults, load_results
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +30,15 @@ _LORA_SUFFIX = re.compile(r"\.lora_([AB])\.[^.]+$")
 _BLOCK_PREFIX = re.compile(r"^(.*?\.\d+)\.")
 
 
-def load_results_json(run_dir: str | Path) -> dict[str, Any]:
-    """A run's ``results.json`` (FileNotFoundError naming the directory when absent)."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no results.json in {run_dir}: not a finished migu run directory")
-    return json.loads(path.read_text())
-
-
-def run_label(results: dict[str, Any]) -> str:
+def run_label(results: RunResults) -> str:
     """Short human name of a run: method name, plus MIGU and its threshold when on."""
-    name = paper_name(str(results.get("method") or "?"))
-    migu = results.get("migu")
-    if migu:
-        name += f"+MIGU (T={float(migu.get('threshold', 0.0)):g})"
+    name = paper_name(results.method)
+    if results.threshold is not None:
+        name += f"+MIGU (T={results.threshold:g})"
     return name
 
 
-def resolve_threshold(results: dict[str, Any], override: float | None = None) -> float:
+def resolve_threshold(results: RunResults, override: float | None = None) -> float:
     """T for the updated-row sets: ``override``, else the run's MIGU T if > 0, else its method's
     paper T (FT's 0.7 for an unknown method).
 
@@ -58,12 +50,11 @@ def resolve_threshold(results: dict[str, Any], override: float | None = None) ->
         if override == 0.0:
             raise ValueError("threshold 0 keeps every row: all overlaps would be 1; choose T in (0, 1)")
         return float(override)
-    migu = results.get("migu") or {}
-    t = float(migu.get("threshold") or 0.0)
+    t = results.threshold or 0.0
     if t > 0.0:
         return t
     try:
-        return get_method_class(str(results.get("method") or "ft")).default_threshold
+        return get_method_class(results.method).default_threshold
     except ValueError:
         return FT.default_threshold
 
@@ -159,7 +150,7 @@ class RestoredRun:
     """A run's model after one task, with what is needed to feed it."""
 
     run_dir: Path
-    results: dict[str, Any]
+    results: RunResults
     task_index: int
     plan: Any
     family: Any
@@ -170,11 +161,10 @@ def restore(
     run_dir: str | Path, task_index: int, data_root: str | Path | None = None, device: str = "cpu"
 ) -> RestoredRun:
     """The model of ``run_dir`` after ``task_index`` in eval mode (FileNotFoundError if no checkpoint)."""
-    from ..runner.checkpoint import task_dir
-    from ..runner.run import restore_run
+    from ..runner.run import restore_run  # loads accelerate: only when a model is restored
 
     run_dir = Path(run_dir)
-    results = load_results_json(run_dir)
+    results = load_results(run_dir)
     if not (task_dir(run_dir, task_index) / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"{run_dir} has no checkpoint after task {task_index} ({task_dir(run_dir, task_index)}): "
@@ -185,10 +175,10 @@ def restore(
     return RestoredRun(run_dir, results, task_index, plan, family, model)
 
 
-def analysis_config(results: dict[str, Any], threshold: float, normalize: bool | None = None) -> MIGUConfig:
+def analysis_config(results: RunResults, threshold: float, normalize: bool | None = None) -> MIGUConfig:
     """The run's statistic settings (normalisation, padding, bias) on every block component;
     ``normalize`` overrides the run's per-token L1 normalisation when given."""
-    fields = dict(results.get("migu") or {})
+    fields = dict(results.migu or {})
     fields.pop("mode", None)
     if normalize is not None:
         fields["normalize"] = normalize

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..runner.results import load_results
 from . import plots
 from .collect import (
     analysis_config,
     checkpoint_indices,
     default_layer,
-    load_results_json,
     match_layer,
     mean_statistics,
     measuring,
@@ -82,8 +82,8 @@ def compute_magnitudes(
 ) -> MagnitudeResult:
     """The magnitude distribution of one train row per task on ``layer`` (default: first FFN
     linear of the last block), measured on one checkpoint (default: after the last task)."""
-    results = load_results_json(run_dir)
-    order = list(results["tasks"])
+    results = load_results(run_dir)
+    order = list(results.tasks)
     if tasks:
         unknown = [t for t in tasks if t not in order]
         if unknown:
@@ -93,7 +93,7 @@ def compute_magnitudes(
         chosen = order[:MAX_DEFAULT_TASKS]
         if len(order) > MAX_DEFAULT_TASKS:
             log.info("showing the first %d of %d tasks (choose with --tasks)", MAX_DEFAULT_TASKS, len(order))
-    ci = checkpoint_indices(checkpoint, order, len(results.get("matrix") or []))[-1]
+    ci = checkpoint_indices(checkpoint, order, results.trained)[-1]
     t = resolve_threshold(results, threshold)
     run = restore(run_dir, ci, data_root, device)
     by_name = {task.name: task for task in run.plan.tasks}

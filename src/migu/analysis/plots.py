@@ -20,6 +20,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # pyplot-free: no window, no global figure list to leak
 from matplotlib.image import AxesImage
 
+from ..runner.results import RunResults
+
 HEATMAP_CMAP = "viridis"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "H", "d")
 DASHES = ("-", "--", "-.", ":")
@@ -228,13 +230,13 @@ def plot_magnitudes(
 
 
 # ---------------------------------------------------------------------------- runs
-def plot_accuracy_matrix(results: Mapping[str, Any], title: str | None = None) -> Figure:
+def plot_accuracy_matrix(results: RunResults, title: str | None = None) -> Figure:
     """Accuracy (%) after each training stage (rows) on each task (columns), run order on both."""
-    tasks = list(results["tasks"])
-    rows = [list(r) for r in results.get("matrix") or []]
+    tasks = list(results.tasks)
+    rows = [list(r) for r in results.matrix]
     labels = [f"after {t}" for t in tasks[: len(rows)]]
-    if results.get("baseline") is not None:
-        rows = [list(results["baseline"]), *rows]
+    if results.baseline is not None:
+        rows = [list(results.baseline), *rows]
         labels = ["untrained", *labels]
     data = 100 * np.array(rows, dtype=float) if rows else np.full((1, len(tasks)), np.nan)
     if not rows:
@@ -252,20 +254,20 @@ def plot_accuracy_matrix(results: Mapping[str, Any], title: str | None = None) -
         title=title or "",
         fmt="{:.1f}" if n <= 6 else "{:.0f}",
     )
-    if results.get("baseline") is not None and len(labels) > 1:
+    if results.baseline is not None and len(labels) > 1:
         ax.axhline(0.5, color="white", linewidth=3)  # the untrained row is a reference, not a stage
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     return fig
 
 
-def plot_accuracy_curves(results: Mapping[str, Any], title: str | None = None) -> Figure:
+def plot_accuracy_curves(results: RunResults, title: str | None = None) -> Figure:
     """Each task's accuracy (%) through the training sequence; the big marker = just trained on it."""
-    tasks = list(results["tasks"])
-    matrix = [list(r) for r in results.get("matrix") or []]
+    tasks = list(results.tasks)
+    matrix = [list(r) for r in results.matrix]
     stages = [f"after {t}" for t in tasks[: len(matrix)]]
     offset = 0
-    if results.get("baseline") is not None:
-        matrix = [list(results["baseline"]), *matrix]
+    if results.baseline is not None:
+        matrix = [list(results.baseline), *matrix]
         stages = ["untrained", *stages]
         offset = 1
     fig = Figure(figsize=(max(6.0, 1.2 * len(stages) + 2.5), 4.2), layout="constrained")

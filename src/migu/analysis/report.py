@@ -21,19 +21,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..runner.results import METRICS, RunResults, load_results
+from ..runner.summary import METRIC_NAMES, SweepDir, group_cells, is_sweep_dir, method_table, read_sweep_dir
 from . import plots
 from .collect import run_label
-from .sweeps import (
-    METRIC_NAMES,
-    METRICS,
-    Sweep,
-    components_table,
-    group_cells,
-    is_sweep_dir,
-    load_sweep,
-    method_table,
-    sweep_figures,
-)
+from .sweeps import components_table, sweep_figures
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +133,8 @@ class Document:
 class Inputs:
     """Report inputs sorted by kind."""
 
-    runs: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
-    sweeps: list[Sweep] = field(default_factory=list)
+    runs: list[tuple[Path, RunResults]] = field(default_factory=list)
+    sweeps: list[SweepDir] = field(default_factory=list)
     similarity: list[Path] = field(default_factory=list)
     magnitudes: list[Path] = field(default_factory=list)
 
@@ -156,10 +148,10 @@ def classify(paths: Sequence[str | Path]) -> Inputs:
             raise FileNotFoundError(f"{p}: no such directory")
         found = False
         if (p / "results.json").is_file():
-            inputs.runs.append((p, json.loads((p / "results.json").read_text())))
+            inputs.runs.append((p, load_results(p)))
             found = True
         elif is_sweep_dir(p):
-            inputs.sweeps.append(load_sweep(p))
+            inputs.sweeps.append(read_sweep_dir(p))
             found = True
         if (p / "similarity.json").is_file():
             inputs.similarity.append(p)
@@ -205,7 +197,7 @@ class ReportOutput:
 # ---------------------------------------------------------------------------- sections
 def _runs_section(
     doc: Document,
-    runs: list[tuple[Path, dict[str, Any]]],
+    runs: list[tuple[Path, RunResults]],
     figdir: Path,
     figures: dict[str, Figure],
     missing: list[str],
@@ -226,18 +218,17 @@ def _runs_section(
     ]
     rows = []
     for lab, (p, r) in zip(labels, runs, strict=True):
-        m = r.get("metrics") or {}
-        done = len(r.get("matrix") or [])
-        tasks = f"{done}/{len(r['tasks'])}"
-        wall = r.get("wall_seconds")
+        done = r.trained
+        tasks = f"{done}/{len(r.tasks)}"
+        wall = r.wall_seconds
         rows.append(
             [
                 lab,
                 p.name,
-                str(r.get("seed", "-")),
+                str(r.seed),
                 tasks,
-                *(_fmt(m.get(k)) for k in METRICS),
-                "-" if wall is None else f"{wall:.0f}",
+                *(_fmt(r.metric(k)) for k in METRICS),
+                f"{wall:.0f}",
             ]
         )
     doc.add(
@@ -250,37 +241,34 @@ def _runs_section(
             "each earlier task's best accuracy.",
         )
     )
-    if any(r.get("baseline") is None for _, r in runs):
+    if any(r.baseline is None for _, r in runs):
         missing.append(
             "some runs have no untrained baseline (eval_baseline: false): their FWT is shown as '-'"
         )
     for lab, (p, r) in zip(labels, runs, strict=True):
         doc.add(Heading(3, f"{lab} ({p.name})"))
-        tasks = list(r["tasks"])
-        cfg = r.get("config") or {}
+        tasks = list(r.tasks)
+        cfg = r.config
         model = (cfg.get("model") or {}).get("name", "?")
         data = cfg.get("data") or {}
         doc.add(
             Para(
-                f"Method {r.get('method')}, MIGU {migu_text(r.get('migu'))}, model {model}, "
-                f"seed {r.get('seed')}, train rows per task {data.get('train_n') or 'all'}, "
+                f"Method {r.method}, MIGU {migu_text(r.migu)}, model {model}, "
+                f"seed {r.seed}, train rows per task {data.get('train_n') or 'all'}, "
                 f"test rows per task "
                 f"{data.get('test_n') or 'all'}. Task order: {', '.join(tasks)}."
             )
         )
-        if not r.get("complete"):
+        if not r.complete:
             missing.append(
-                f"run {p.name} is unfinished ({len(r.get('matrix') or [])} of {len(tasks)} tasks): "
-                "it has no final metrics"
+                f"run {p.name} is unfinished ({r.trained} of {len(tasks)} tasks): it has no final metrics"
             )
-            doc.add(
-                Para(f"This run is unfinished: {len(r.get('matrix') or [])} of {len(tasks)} tasks trained.")
-            )
+            doc.add(Para(f"This run is unfinished: {r.trained} of {len(tasks)} tasks trained."))
         header = ["after task", *tasks]
         body = []
-        if r.get("baseline") is not None:
-            body.append(["(untrained)", *(_fmt(v) for v in r["baseline"])])
-        for t, row in zip(tasks, r.get("matrix") or [], strict=False):
+        if r.baseline is not None:
+            body.append(["(untrained)", *(_fmt(v) for v in r.baseline)])
+        for t, row in zip(tasks, r.matrix, strict=False):
             body.append([t, *(_fmt(v) for v in row)])
         doc.add(Table(header, body, "Accuracy (%) on each task (columns) after training each task (rows)."))
         stem = f"acc_matrix_{_slug(p.name)}"
@@ -304,7 +292,7 @@ def _runs_section(
 
 
 def _sweeps_section(
-    doc: Document, sweeps: list[Sweep], figdir: Path, figures: dict[str, Figure], missing: list[str]
+    doc: Document, sweeps: list[SweepDir], figdir: Path, figures: dict[str, Figure], missing: list[str]
 ) -> None:
     doc.add(Heading(2, "Sweeps"))
     shown: set[str] = set()

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..runner.results import load_results
 from . import plots
 from .collect import (
     analysis_config,
     checkpoint_indices,
     default_layer,
     layer_component,
-    load_results_json,
     match_layer,
     mean_statistics,
     measuring,
@@ -115,10 +115,10 @@ def compute_similarity(
     """Overlap matrices of every target layer of one run (restores checkpoints; trains nothing)."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    results = load_results_json(run_dir)
-    tasks = list(results["tasks"])
+    results = load_results(run_dir)
+    tasks = list(results.tasks)
     t = resolve_threshold(results, threshold)
-    idx = checkpoint_indices(checkpoint, tasks, len(results.get("matrix") or []))
+    idx = checkpoint_indices(checkpoint, tasks, results.trained)
     per_task: dict[int, dict[str, torch.Tensor]] = {}
     used: dict[str, int] = {}
     for ci in sorted(set(idx)):
@@ -138,8 +138,8 @@ def compute_similarity(
     sim = RunSimilarity(
         run_dir=str(run_dir),
         label=label or run_label(results),
-        method=str(results.get("method")),
-        migu=results.get("migu"),
+        method=results.method,
+        migu=results.migu,
         tasks=tasks,
         threshold=t,
         checkpoint=str(checkpoint),

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,30 @@ def prune_checkpoints(run_dir: Path, keep_index: int) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def read_state(run_dir: Path) -> dict[str, Any] | None:
+@dataclass
+class RunState:
+    """What a run has finished so far (``run_state.json``): enough to resume after the last task."""
+
+    config_hash: str
+    completed: int = 0  # tasks finished
+    matrix: list[list[float]] = field(default_factory=list)  # accuracy after each finished task
+    f1: list[list[float]] = field(default_factory=list)  # macro-F1, same layout
+    baseline: list[float] | None = None  # the untrained model's accuracies
+    baseline_f1: list[float] | None = None
+    timings: list[dict[str, Any]] = field(default_factory=list)  # per finished task
+    wall_seconds: float = 0.0
+
+
+def read_state(run_dir: Path) -> RunState | None:
     path = run_dir / STATE_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+        return RunState(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
         raise RuntimeError(f"{path} is corrupt ({exc}); move the run directory aside to start over") from exc
 
 
-def write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=1))
+def write_state(run_dir: Path, state: RunState) -> None:
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(asdict(state), indent=1))

@@ -1,10 +1,17 @@
-"""Results on disk: ``results.json`` and ``accuracy_matrix.csv``, and a text table for people."""
+"""Results on disk, the one reader and writer: ``results.json`` and ``accuracy_matrix.csv``.
+
+Every command that reads a finished run (``migu show``, sweeps, analyses, reports) goes through
+:func:`load_results`, which returns a typed :class:`RunResults` or raises :class:`ResultsError`
+naming the file when it is missing, truncated, not a results file, or of another schema version.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -12,55 +19,145 @@ from .checkpoint import atomic_write_text
 
 RESULTS_FILE = "results.json"
 MATRIX_FILE = "accuracy_matrix.csv"
+SCHEMA_VERSION = 1
+METRICS = ("acc", "bwt", "fwt", "forgetting")
 
 
-def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+class ResultsError(ValueError):
+    """A results file that cannot be read as this version's results; the message names the file."""
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """One run's results. Accuracies are fractions in [0, 1]; ``matrix[i][j]`` is task j after
+    training task i; ``metrics`` (ACC/BWT/FWT/forgetting) are set once the run is complete."""
+
+    name: str
+    method: str
+    seed: int
+    tasks: list[str]
+    complete: bool
+    matrix: list[list[float]]
+    method_options: dict[str, Any] = field(default_factory=dict)
+    migu: dict[str, Any] | None = None  # the resolved MIGUConfig, None = MIGU off
+    f1_matrix: list[list[float]] = field(default_factory=list)
+    baseline: list[float] | None = None  # the untrained model's accuracies (FWT)
+    baseline_f1: list[float] | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    final_macro_f1: list[float] | None = None
+    per_task: dict[str, Any] = field(default_factory=dict)  # where each task's rows came from
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    versions: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved run config
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def threshold(self) -> float | None:
+        """MIGU's T, or None without MIGU."""
+        return None if not self.migu else float(self.migu.get("threshold", 0.0))
+
+    @property
+    def trained(self) -> int:
+        """Tasks finished so far."""
+        return len(self.matrix)
+
+    def metric(self, name: str) -> float | None:
+        value = self.metrics.get(name)
+        return None if value is None else float(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "results") -> RunResults:
+        """Validate a parsed results mapping (ResultsError naming ``source`` otherwise)."""
+        if not isinstance(data, dict):
+            raise ResultsError(f"{source}: not a results file (top level is {type(data).__name__})")
+        version = data.get("schema_version", SCHEMA_VERSION)  # files before versioning: the same layout
+        if version != SCHEMA_VERSION:
+            raise ResultsError(
+                f"{source}: results schema version {version!r}, this migu reads version {SCHEMA_VERSION} "
+                "(re-run the run with this version, or read it with the migu that wrote it)"
+            )
+        names = {f.name for f in fields(cls)}
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ResultsError(f"{source}: not a migu results file (missing {missing})")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def results_path(run_dir: str | Path) -> Path:
+    """``RUN/results.json`` (a path to the file itself is accepted too)."""
+    p = Path(run_dir)
+    return p if p.name == RESULTS_FILE else p / RESULTS_FILE
+
+
+def load_results(run_dir: str | Path) -> RunResults:
+    """The results of a run directory (or a results.json path)."""
+    path = results_path(run_dir)
+    if not path.is_file():
+        raise ResultsError(f"no {RESULTS_FILE} in {path.parent} (is it a finished migu run directory?)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(
+            f"{path}: truncated or not JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); "
+            "re-run the command that wrote it"
+        ) from None
+    return RunResults.from_json(data, str(path))
+
+
+def _strict_json(value: Any, key: str = "") -> Any:
+    """NaN/inf as null: strict JSON parsers reject bare NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def write_results(run_dir: Path, results: RunResults) -> None:
     """Write both result files atomically (a reader never sees a half-written file)."""
-    atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=1))
+    body = json.dumps(_strict_json(results.to_json()), indent=1, allow_nan=False)
+    atomic_write_text(run_dir / RESULTS_FILE, body)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    tasks = results["tasks"]
-    writer.writerow(["after_task", *tasks])
-    if results.get("baseline") is not None:
-        writer.writerow(["(untrained)", *(f"{100 * v:.2f}" for v in results["baseline"])])
-    for name, row in zip(tasks, results["matrix"], strict=False):
+    writer.writerow(["after_task", *results.tasks])
+    if results.baseline is not None:
+        writer.writerow(["(untrained)", *(f"{100 * v:.2f}" for v in results.baseline)])
+    for name, row in zip(results.tasks, results.matrix, strict=False):
         writer.writerow([name, *(f"{100 * v:.2f}" for v in row)])
     atomic_write_text(run_dir / MATRIX_FILE, buf.getvalue())
-
-
-def load_results(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RESULTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {RESULTS_FILE} in {run_dir} (is it a finished migu run directory?)")
-    return json.loads(path.read_text())
 
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:6.2f}"
 
 
-def format_results(results: dict[str, Any]) -> str:
+def format_results(results: RunResults) -> str:
     """The accuracy matrix (%) and metrics as a plain-text table."""
-    tasks: list[str] = results["tasks"]
+    tasks = results.tasks
     width = max(12, *(len(t) for t in tasks)) + 2
     lines = [
-        f"run: {results.get('name', '?')}  method: {results.get('method', '?')}  "
-        f"MIGU: {'off' if not results.get('migu') else results['migu'].get('threshold')}"
+        f"run: {results.name}  method: {results.method}  "
+        f"MIGU: {'off' if results.threshold is None else results.threshold}"
     ]
     lines.append("accuracy (%) after training on each task (rows) for each task (columns)")
     lines.append("after".ljust(width) + "".join(t[:10].rjust(11) for t in tasks))
-    if results.get("baseline") is not None:
-        lines.append("(untrained)".ljust(width) + "".join(_fmt(v).rjust(11) for v in results["baseline"]))
-    for name, row in zip(tasks, results["matrix"], strict=False):
+    if results.baseline is not None:
+        lines.append("(untrained)".ljust(width) + "".join(_fmt(v).rjust(11) for v in results.baseline))
+    for name, row in zip(tasks, results.matrix, strict=False):
         lines.append(name.ljust(width) + "".join(_fmt(v).rjust(11) for v in row))
-    m = results.get("metrics", {})
-    if m:
+    if results.metrics:
         lines.append("")
-        lines.append(
-            "  ".join(f"{k.upper()} {_fmt(m.get(k)).strip()}" for k in ("acc", "bwt", "fwt", "forgetting"))
-        )
-    if results.get("complete") is False:
-        lines.append(f"(incomplete: {len(results['matrix'])} of {len(tasks)} tasks finished)")
-    if "wall_seconds" in results:
-        lines.append(f"wall time {results['wall_seconds']:.0f}s")
+        lines.append("  ".join(f"{k.upper()} {_fmt(results.metric(k)).strip()}" for k in METRICS))
+    if not results.complete:
+        lines.append(f"(incomplete: {results.trained} of {len(tasks)} tasks finished)")
+    lines.append(f"wall time {results.wall_seconds:.0f}s")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from ..models import ModelConfig, ModelFamily, build_family
 from . import checkpoint as ckpt
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
 from .loop import evaluate, train_task
-from .results import write_results
+from .results import RunResults, write_results
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def restore_run(
     return plan, family, model
 
 
-def _check_run_dir(plan: Plan) -> dict[str, Any] | None:
+def _check_run_dir(plan: Plan) -> ckpt.RunState | None:
     """Existing state to resume from, or None for a fresh run; refuses to mix two configs."""
     state = ckpt.read_state(plan.run_dir)
     digest = ckpt.config_hash(plan.resolved)
@@ -172,10 +172,10 @@ def _check_run_dir(plan: Plan) -> dict[str, Any] | None:
                 "choose another --out"
             )
         return None
-    if state.get("config_hash") != digest:
+    if state.config_hash != digest:
         raise ConfigError(
             f"{plan.run_dir} holds a run with a different config "
-            f"(hash {state.get('config_hash')} != {digest}); use another --out to start a new run "
+            f"(hash {state.config_hash} != {digest}); use another --out to start a new run "
             "(nothing was changed)"
         )
     return state
@@ -185,7 +185,7 @@ def _task_seed(seed: int, task_index: int) -> int:
     return seed * 1000 + task_index
 
 
-def execute(plan: Plan) -> dict[str, Any]:
+def execute(plan: Plan) -> RunResults:
     """Train through the order (resuming if the run dir holds a partial run); write results."""
     state = _check_run_dir(plan)
     run_dir = plan.run_dir
@@ -200,7 +200,7 @@ def execute(plan: Plan) -> dict[str, Any]:
         handler.close()
 
 
-def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
+def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     cfg, run_dir, tasks, method = plan.config, plan.run_dir, plan.tasks, plan.method
     ckpt.atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
     accelerator = Accelerator(
@@ -215,29 +215,20 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
     model.to(accelerator.device)
 
     if state is None:
-        state = {
-            "config_hash": ckpt.config_hash(plan.resolved),
-            "completed": 0,
-            "matrix": [],
-            "f1": [],
-            "baseline": None,
-            "baseline_f1": None,
-            "timings": [],
-            "wall_seconds": 0.0,
-        }
+        state = ckpt.RunState(config_hash=ckpt.config_hash(plan.resolved))
         if cfg.eval_baseline:
-            state["baseline"], state["baseline_f1"] = evaluate(
+            state.baseline, state.baseline_f1 = evaluate(
                 model, family, tasks, cfg.train.eval_batch_size, desc="eval untrained"
             )
         ckpt.write_state(run_dir, state)
     else:
-        done = state["completed"]
+        done = state.completed
         log.info("resuming %s after task %d of %d", run_dir, done, len(tasks))
         if done:
             load_task_checkpoint(plan, family, model, done - 1)
 
     start = time.perf_counter()
-    for i in range(state["completed"], len(tasks)):
+    for i in range(state.completed, len(tasks)):
         task = tasks[i]
         seed = _task_seed(cfg.seed, i)
         ctx = task_context(plan, family, model, i, accelerator.device)
@@ -256,9 +247,9 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
             ckpt.save_checkpoint(
                 run_dir, i, accelerator.unwrap_model(model), method.state_dict(), method.state_tensors()
             )
-        state["matrix"].append(accs)
-        state["f1"].append(f1s)
-        state["timings"].append(
+        state.matrix.append(accs)
+        state.f1.append(f1s)
+        state.timings.append(
             {
                 "task": task.name,
                 "train_seconds": result.seconds,
@@ -269,8 +260,8 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
                 "loss_terms": result.loss_terms,
             }
         )
-        state["completed"] = i + 1
-        state["wall_seconds"] += time.perf_counter() - start
+        state.completed = i + 1
+        state.wall_seconds += time.perf_counter() - start
         start = time.perf_counter()
         if accelerator.is_main_process:
             ckpt.write_state(run_dir, state)
@@ -283,31 +274,31 @@ def _execute(plan: Plan, state: dict[str, Any] | None) -> dict[str, Any]:
     return results
 
 
-def build_results(plan: Plan, state: dict[str, Any]) -> dict[str, Any]:
+def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
     """results.json content from the run state."""
-    complete = state["completed"] == len(plan.tasks)
-    return {
-        "name": plan.config.name,
-        "method": plan.method.name,
-        "method_options": plan.method.options,
-        "migu": plan.resolved["migu"],
-        "seed": plan.config.seed,
-        "tasks": plan.task_names,
-        "complete": complete,
-        "matrix": state["matrix"],
-        "f1_matrix": state["f1"],
-        "baseline": state["baseline"],
-        "baseline_f1": state["baseline_f1"],
-        "metrics": summarize(state["matrix"], state["baseline"]) if complete else {},
-        "final_macro_f1": state["f1"][-1] if complete else None,
-        "per_task": {t.name: t.info for t in plan.tasks},
-        "timings": state["timings"],
-        "wall_seconds": state["wall_seconds"],
-        "versions": _versions(),
-        "config": plan.resolved,
-    }
+    complete = state.completed == len(plan.tasks)
+    return RunResults(
+        name=plan.config.name,
+        method=plan.method.name,
+        method_options=plan.method.options,
+        migu=plan.resolved["migu"],
+        seed=plan.config.seed,
+        tasks=plan.task_names,
+        complete=complete,
+        matrix=state.matrix,
+        f1_matrix=state.f1,
+        baseline=state.baseline,
+        baseline_f1=state.baseline_f1,
+        metrics=summarize(state.matrix, state.baseline) if complete else {},
+        final_macro_f1=state.f1[-1] if complete else None,
+        per_task={t.name: t.info for t in plan.tasks},
+        timings=state.timings,
+        wall_seconds=state.wall_seconds,
+        versions=_versions(),
+        config=plan.resolved,
+    )
 
 
-def run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> dict[str, Any]:
+def run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> RunResults:
     """Plan (validate all inputs) then execute; the library entry point behind ``migu run``."""
     return execute(plan_run(config, run_dir, data_root))

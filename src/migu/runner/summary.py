@@ -1,0 +1,264 @@
+"""Sweep summaries, the one aggregation: ``migu sweep`` (summary.md) and ``migu analyze sweep``
+(sweep_summary.md, figures) both read a sweep directory here and group its cells the same way.
+
+Cells are grouped by what their own results say (method, MIGU threshold and components) plus the
+sweep's other grid values (seed excepted), so sweeps of any grid shape combine; the seeds of a
+group give mean and sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..engine import COMPONENTS
+from ..methods import list_methods, paper_name
+from .results import METRICS, RESULTS_FILE, ResultsError, RunResults, load_results
+
+METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
+SWEEP_FILE = "sweep.yaml"
+# Grid keys that the grouping reads from the results themselves (or averages over: the seed).
+_GROUPING_KEYS = ("method", "method.name", "migu", "seed")
+
+
+@dataclass
+class SweepCell:
+    """One run of a sweep directory; ``results`` is None when it is missing or unfinished."""
+
+    name: str
+    values: dict[str, Any]
+    path: Path
+    results: RunResults | None
+
+
+@dataclass
+class SweepDir:
+    """A sweep directory as read from disk."""
+
+    name: str
+    path: Path
+    cells: list[SweepCell]
+
+    @property
+    def missing(self) -> list[str]:
+        """Cells without a finished run."""
+        return [c.name for c in self.cells if c.results is None]
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    """A directory made by ``migu sweep`` (sweep.yaml or summary.json, no results.json of its own)."""
+    p = Path(path)
+    return (
+        p.is_dir()
+        and not (p / RESULTS_FILE).is_file()
+        and ((p / SWEEP_FILE).is_file() or (p / "summary.json").is_file())
+    )
+
+
+def _finished(path: Path) -> RunResults | None:
+    if not (path / RESULTS_FILE).is_file():
+        return None
+    res = load_results(path)
+    return res if res.complete else None
+
+
+def read_sweep_dir(path: str | Path) -> SweepDir:
+    """Cells from ``sweep.yaml`` (else every sub-directory holding a results.json)."""
+    p = Path(path)
+    spec_path = p / SWEEP_FILE
+    if spec_path.is_file():
+        try:
+            spec = yaml.safe_load(spec_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ResultsError(f"{spec_path}: not valid YAML ({exc})") from None
+        names = [(str(c["name"]), dict(c.get("values") or {})) for c in spec.get("cells") or []]
+        cells = [SweepCell(name, values, p / name, _finished(p / name)) for name, values in names]
+        return SweepDir(str(spec.get("name") or p.name), p, cells)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such directory")
+    dirs = [d for d in sorted(p.iterdir()) if (d / RESULTS_FILE).is_file()]
+    if not dirs:
+        raise FileNotFoundError(f"{p} has no {SWEEP_FILE} and no run directories: not a sweep directory")
+    return SweepDir(p.name, p, [SweepCell(d.name, {}, d, _finished(d)) for d in dirs])
+
+
+def migu_setting(results: RunResults) -> tuple[float | None, tuple[str, ...] | None]:
+    """(threshold, components) of a run; (None, None) without MIGU."""
+    if not results.migu:
+        return None, None
+    return float(results.migu.get("threshold", 0.0)), tuple(results.migu.get("components") or COMPONENTS)
+
+
+def setting_label(threshold: float | None, components: tuple[str, ...] | None) -> str:
+    """``off``, ``T=0.7`` or ``T=0.7 qkv+o`` (components shown only when not all three)."""
+    if threshold is None:
+        return "off"
+    label = f"T={threshold:g}"
+    if components and set(components) != set(COMPONENTS):
+        label += " " + "+".join(components)
+    return label
+
+
+@dataclass
+class Group:
+    """Finished runs of one method and MIGU setting (and other grid values), over seeds."""
+
+    method: str
+    threshold: float | None
+    components: tuple[str, ...] | None
+    extra: str
+    runs: list[RunResults] = field(default_factory=list)
+    grid: dict[str, str] = field(default_factory=dict)  # the cells' grid labels, seed excepted
+
+    def add(self, results: RunResults, values: dict[str, Any]) -> None:
+        self.runs.append(results)
+        for k, v in values.items():
+            if k == "seed":
+                continue
+            label = grid_label(k, v)
+            old = self.grid.get(k)
+            self.grid[k] = label if old is None or old == label else f"{old}/{label}"
+
+    @property
+    def setting(self) -> str:
+        return setting_label(self.threshold, self.components)
+
+    def values(self, metric: str) -> list[float]:
+        return [v for r in self.runs if (v := r.metric(metric)) is not None]
+
+    def mean_std(self, metric: str) -> tuple[float | None, float | None]:
+        """Mean and sample std over seeds (std None for one seed: undefined; both None without values)."""
+        v = self.values(metric)
+        if not v:
+            return None, None
+        return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+
+def _value_label(value: Any) -> Any:
+    """A grid value as shown: an override bundle (recipe) by its ``label``."""
+    return value.get("label", value) if isinstance(value, dict) else value
+
+
+def migu_grid_value(value: Any) -> Any:
+    """Grid values for ``migu``: off/false/null -> None, on/true -> {} (method default), a number ->
+    that threshold, a mapping as is."""
+    # Identity/str checks, not ``in``: 0.0 == False and 1 == True in Python.
+    if value is None or value is False or value in ("off", "none"):
+        return None
+    if value is True or value == "on":
+        return {}
+    if isinstance(value, int | float):
+        return {"threshold": float(value)}
+    return value
+
+
+def grid_label(key: str, value: Any) -> str:
+    """How a cell's grid value is named (directory names, summary columns)."""
+    if key == "migu":
+        value = migu_grid_value(value)
+        if value is None:
+            return "off"
+        if isinstance(value, dict) and "label" not in value:
+            return "on" if not value else "-".join(f"{k}{v}" for k, v in value.items())
+    if isinstance(value, dict) and "label" in value:
+        return str(value["label"])
+    if value is None:
+        return "off"
+    if isinstance(value, list | tuple):
+        return "+".join(str(v) for v in value)
+    return str(value)
+
+
+def method_rank(method: str) -> int:
+    """The registry's order (the paper's: FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, ...), others after."""
+    order = list_methods()
+    return order.index(method) if method in order else len(order)
+
+
+def group_cells(sweeps: Sequence[SweepDir]) -> list[Group]:
+    """Finished cells of all ``sweeps`` grouped by (method, MIGU setting, other grid values)."""
+    groups: dict[tuple[Any, ...], Group] = {}
+    for sweep in sweeps:
+        for cell in sweep.cells:
+            res = cell.results
+            if res is None:
+                continue
+            t, comps = migu_setting(res)
+            extra = ", ".join(
+                f"{k}={_value_label(v)}"
+                for k, v in cell.values.items()
+                if k not in _GROUPING_KEYS
+                and not k.startswith("migu.")
+                and _value_label(v) != res.method  # a recipe bundle named after its method says nothing new
+            )
+            key = (res.method, t, tuple(sorted(comps)) if comps else None, extra)
+            groups.setdefault(key, Group(res.method, t, comps, extra)).add(res, cell.values)
+    return sorted(
+        groups.values(),
+        key=lambda g: (
+            method_rank(g.method),
+            g.method,
+            g.extra,
+            g.threshold is not None,
+            g.threshold or 0.0,
+            g.setting,
+        ),
+    )
+
+
+def pct(mean: float | None, std: float | None) -> str:
+    """``78.80 ± 0.45`` (percent), ``78.80`` for a single seed, or ``-``."""
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def method_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: method, MIGU, [other], seeds, each metric as mean ± std (%)."""
+    show_extra = any(g.extra for g in groups)
+    header = ["method", "MIGU", *(["other settings"] if show_extra else []), "seeds"]
+    header += [f"{METRIC_NAMES[m]} (%)" for m in METRICS]
+    rows = []
+    for g in groups:
+        row = [paper_name(g.method), g.setting, *([g.extra or "-"] if show_extra else []), str(len(g.runs))]
+        row += [pct(*g.mean_std(m)) for m in METRICS]
+        rows.append(row)
+    return header, rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (``|`` inside a cell escaped)."""
+    cells = [[str(c).replace("|", "\\|") for c in r] for r in [header, *rows]]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def summary_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """The groups as plain data (summary.json): their grid labels, mean and std of every metric,
+    seeds, and the settings read from the results."""
+    out = []
+    for g in groups:
+        row: dict[str, Any] = {
+            **g.grid,
+            "method": g.method,
+            "setting": g.setting,
+            "threshold": g.threshold,
+            "components": list(g.components) if g.components else None,
+            "other": g.extra,
+            "n": len(g.runs),
+            "seeds": g.seeds,
+        }
+        for m in METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = g.mean_std(m)
+        out.append(row)
+    return out

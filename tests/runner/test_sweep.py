@@ -1,0 +1,117 @@
+"""``migu sweep``: grid expansion, cell configs, the summary, and one aggregation with the analysis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from support.data import write_benchmark
+from support.models import tiny_config
+
+from migu.cli import main
+from migu.runner.config import ConfigError
+from migu.runner.summary import group_cells, read_sweep_dir
+from migu.runner.sweep import load_sweep
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_grid_expands_to_validated_cells(tmp_path: Path) -> None:
+    _write(tmp_path / "run.yaml", "tasks: [a]\n")
+    sweep = _write(
+        tmp_path / "sw.yaml",
+        "name: s\nbase: run.yaml\noverrides: [train.lr=0.5]\ngrid:\n  method: [ft, lora]\n  seed: [1, 2]\n",
+    )
+    name, cells = load_sweep(sweep)
+    assert name == "s" and [c.name for c in cells] == [
+        "method-ft_seed-1",
+        "method-ft_seed-2",
+        "method-lora_seed-1",
+        "method-lora_seed-2",
+    ]
+    assert cells[2].config["method"]["name"] == "lora" and cells[2].config["seed"] == 1
+    assert all(c.config["train"]["lr"] == 0.5 and c.config["name"] == f"s/{c.name}" for c in cells)
+
+
+def test_a_bad_cell_fails_before_anything_runs(tmp_path: Path) -> None:
+    _write(tmp_path / "run.yaml", "tasks: [a]\n")
+    sweep = _write(tmp_path / "sw.yaml", "base: run.yaml\ngrid:\n  train.lr: [0.1, -1]\n")
+    with pytest.raises(ConfigError, match=r"cell lr--1: .*train\.lr must be a positive number"):
+        load_sweep(sweep)
+    with pytest.raises(ConfigError, match="non-empty 'grid'"):
+        load_sweep(_write(tmp_path / "none.yaml", "base: run.yaml\n"))
+
+
+def test_sweep_bundles_and_labels(tmp_path: Path) -> None:
+    _write(tmp_path / "run.yaml", "tasks: [a]\ntrain: {lr: 0.1}\n")
+    sweep = _write(
+        tmp_path / "sw.yaml",
+        "name: s\nbase: run.yaml\ngrid:\n  recipe:\n"
+        "    - {label: ft, method.name: ft, train.lr: 1.0e-4}\n"
+        "    - {label: lora, method.name: lora, train.lr: 1.0e-3}\n"
+        "  migu: [off, on, 0.3]\n",
+    )
+    name, cells = load_sweep(sweep)
+    assert name == "s" and len(cells) == 6
+    by_name = {c.name: c.config for c in cells}
+    assert by_name["recipe-lora_migu-on"]["train"]["lr"] == 1e-3
+    assert by_name["recipe-lora_migu-on"]["method"]["name"] == "lora"
+    assert by_name["recipe-ft_migu-off"]["migu"] is None
+    assert by_name["recipe-ft_migu-threshold0.3"]["migu"] == {"threshold": 0.3}
+
+
+def test_sweep_grid_override(tmp_path: Path) -> None:
+    _write(tmp_path / "run.yaml", "tasks: [a]\n")
+    sweep = _write(tmp_path / "sw.yaml", "base: run.yaml\ngrid:\n  migu: [off, on, 0.0]\n  seed: [1, 2, 3]\n")
+    _, cells = load_sweep(sweep, ["grid.seed=[7]", "train.lr=0.5"])
+    _, dotted = load_sweep(sweep, ["grid.migu.threshold=[0.1, 0.2]"])
+    assert len(dotted) == 18 and {c.values["migu.threshold"] for c in dotted} == {0.1, 0.2}
+    assert [c.values["seed"] for c in cells] == [7, 7, 7]
+    # A threshold of 0.0 is MIGU on at T = 0 (plain training through the masker), not "off".
+    assert [c.config["migu"] for c in cells] == [None, {}, {"threshold": 0.0}]
+    assert all(c.config["train"]["lr"] == 0.5 for c in cells)
+
+
+def _table_rows(markdown: str) -> list[str]:
+    """The data rows of the first Markdown table in ``markdown``."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("| ")]
+    return lines[1:]  # header dropped (the separator line starts with "|-")
+
+
+@pytest.mark.slow
+def test_sweep_and_analyze_sweep_report_the_same_numbers(tmp_path: Path) -> None:
+    """Issue 11.1: one aggregation: summary.md of `migu sweep` and the table of `migu analyze sweep`."""
+    data = write_benchmark(tmp_path / "CL_Benchmark", n_train=16, n_test=8)
+    run_cfg = {
+        "name": "tiny",
+        "tasks": ["agnews", "amazon"],
+        "model": {"name": "minilm", "random_init": tiny_config("bert"), "max_length": 48},
+        "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 100},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(run_cfg))
+    sweep = _write(
+        tmp_path / "sw.yaml", "name: tw\nbase: tiny.yaml\ngrid:\n  migu: [off, 0.5]\n  seed: [1, 2]\n"
+    )
+    out = tmp_path / "sw"
+    assert main(["sweep", str(sweep), "--data", str(data), "--out", str(out)]) == 0
+    assert main(["analyze", "sweep", str(out), "-o", str(tmp_path / "analysis")]) == 0
+    ours = _table_rows((out / "summary.md").read_text())
+    theirs = _table_rows((tmp_path / "analysis" / "sweep_summary.md").read_text())
+    assert len(ours) == 2 and ours == theirs
+    # and the numbers are the runs' own: mean over the two seeds of each group's ACC
+    summary = json.loads((out / "summary.json").read_text())
+    for row, group in zip(summary["rows"], group_cells([read_sweep_dir(out)]), strict=True):
+        accs = [
+            json.loads((out / c / "results.json").read_text())["metrics"]["acc"] for c in _cells(out, row)
+        ]
+        assert row["acc_mean"] == pytest.approx(sum(accs) / 2) and row["seeds"] == [1, 2] == group.seeds
+
+
+def _cells(out: Path, row: dict) -> list[str]:
+    label = "off" if row["migu"] == "off" else "threshold0.5"
+    return [f"migu-{label}_seed-{s}" for s in (1, 2)]
