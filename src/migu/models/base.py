@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
 from .config import ModelConfig
@@ -72,21 +73,11 @@ class ExampleLike(Protocol):
     def options(self) -> tuple[str, ...]: ...  # the task's label strings
 
 
-def pad_to_tensor(
-    seqs: Sequence[Sequence[int]], value: int, side: Literal["left", "right"] = "right"
-) -> Tensor:
-    """Stack ragged id lists into a [B, T] long tensor, padded with ``value`` on ``side``."""
-    width = max((len(s) for s in seqs), default=0)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if not s:
-            continue
-        row = torch.as_tensor(list(s), dtype=torch.long)
-        if side == "right":
-            out[i, : len(s)] = row
-        else:
-            out[i, width - len(s) :] = row
-    return out
+def pad_labels(seqs: Sequence[Sequence[int]], value: int = -100) -> Tensor:
+    """Stack ragged label lists into a [B, T] long tensor, right-padded with ``value`` (ignored)."""
+    return pad_sequence(
+        [torch.as_tensor(list(s), dtype=torch.long) for s in seqs], batch_first=True, padding_value=value
+    )
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -203,6 +194,19 @@ class ModelFamily(ABC):
         return ModelSpec(lora_target_modules=lora_targets_for(self.model_type))
 
     # ------------------------------------------------------------------ shared
+    def pad_ids(
+        self, seqs: Sequence[Sequence[int]], side: Literal["left", "right"] = "right"
+    ) -> tuple[Tensor, Tensor]:
+        """[B, T] input ids padded with the tokenizer's pad token on ``side``, and the attention mask."""
+        enc = self.tokenizer.pad(
+            {"input_ids": [list(s) for s in seqs]},
+            padding=True,
+            padding_side=side,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return enc["input_ids"], enc["attention_mask"]
+
     def predict(self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32) -> list[str]:
         """Predicted label strings: the best-scored option (rank) or the exact generation (generate).
 

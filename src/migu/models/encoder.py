@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .base import ExampleLike, ModelFamily, chunks, lora_targets_for, model_device, pad_to_tensor, to_device
+from .base import ExampleLike, ModelFamily, chunks, lora_targets_for, model_device, to_device
 from .config import ModelConfig
 from .spec import FamilyOutput, ModelSpec
 
@@ -119,7 +119,6 @@ class EncoderFamily(ModelFamily):
         self._index = {label: i for i, label in enumerate(self.label_space)}
         if tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer {config.tokenizer_source!r} has no pad token")
-        self._pad_id = int(tokenizer.pad_token_id)
         max_pos = getattr(model.config, "max_position_embeddings", None)
         offset = 2 if model_type in ("roberta", "xlm-roberta", "camembert") else 0  # RoBERTa's padding_idx+1
         if isinstance(max_pos, int) and max_pos - offset < self._prompt_limit:
@@ -146,8 +145,7 @@ class EncoderFamily(ModelFamily):
 
     def _inputs(self, examples: Sequence[ExampleLike]) -> dict[str, Tensor]:
         ids = self.encode_prompts(examples, keep="head")
-        input_ids = pad_to_tensor(ids, self._pad_id)
-        attention = pad_to_tensor([[1] * len(s) for s in ids], 0)
+        input_ids, attention = self.pad_ids(ids)
         return {
             "input_ids": input_ids,
             "attention_mask": attention,

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
-from .base import ExampleLike, ModelFamily, chunks, lora_targets_for, model_device, pad_to_tensor, to_device
+from .base import ExampleLike, ModelFamily, chunks, lora_targets_for, model_device, pad_labels, to_device
 from .config import ModelConfig
 from .spec import FamilyOutput, ModelSpec
 
@@ -160,11 +160,11 @@ class Seq2SeqFamily(GenerativeFamily):
 
     def _prompts(self, examples: Sequence[ExampleLike]) -> tuple[Tensor, Tensor]:
         ids = self.encode_prompts(examples, keep="head")
-        return pad_to_tensor(ids, self.pad_id), pad_to_tensor([[1] * len(s) for s in ids], 0)
+        return self.pad_ids(ids)
 
     @staticmethod
     def _targets(answers: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-        labels = pad_to_tensor(answers, IGNORE)
+        labels = pad_labels(answers, IGNORE)
         return labels, (labels != IGNORE).long()
 
     def collate(self, examples: Sequence[ExampleLike]) -> dict[str, Tensor]:
@@ -285,11 +285,8 @@ class CausalFamily(GenerativeFamily):
     def _sequences(self, prompts: Sequence[list[int]], answers: Sequence[list[int]]) -> dict[str, Tensor]:
         seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
         labels = [[IGNORE] * len(p) + a for p, a in zip(prompts, answers, strict=True)]
-        return {
-            "input_ids": pad_to_tensor(seqs, self.pad_id),
-            "attention_mask": pad_to_tensor([[1] * len(s) for s in seqs], 0),
-            "labels": pad_to_tensor(labels, IGNORE),
-        }
+        input_ids, attention = self.pad_ids(seqs)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": pad_labels(labels, IGNORE)}
 
     def collate(self, examples: Sequence[ExampleLike]) -> dict[str, Tensor]:
         self.check_options(examples)
@@ -328,8 +325,7 @@ class CausalFamily(GenerativeFamily):
         out: list[str] = []
         for part in chunks(examples, batch_size):
             prompts = self._prompt_ids(part)
-            input_ids = pad_to_tensor(prompts, self.pad_id, side="left").to(device)
-            attention = pad_to_tensor([[1] * len(p) for p in prompts], 0, side="left").to(device)
+            input_ids, attention = (t.to(device) for t in self.pad_ids(prompts, side="left"))
             gen = model.generate(input_ids=input_ids, attention_mask=attention, **self._generate_kwargs())
             out.extend(self._decode(gen[:, input_ids.shape[1] :]))
         return out
