@@ -40,18 +40,26 @@ module (tied embeddings) keep the dense path: ``apply()`` masks them as usual.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .config import MIGUConfig
 from .cut import num_kept, num_masked, rank_rows
-from .targets import is_lora_layer
+from .targets import Target, is_lora_layer
 
-if TYPE_CHECKING:
-    from .masker import Masker
+
+class MaskerView(Protocol):
+    """What the sparse backward reads of its masker (``migu.engine.masker.Masker``)."""
+
+    model: nn.Module
+    config: MIGUConfig
+    targets: list[Target]
+    task_index: int
+
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +163,7 @@ class SparseBackward:
     targets ordered by width so that each group of equal ``d_out`` is one ``[n, d]`` block.
     """
 
-    def __init__(self, masker: Masker) -> None:
+    def __init__(self, masker: MaskerView) -> None:
         self.masker = masker
         self.mask_bias = bool(masker.config.mask_bias)
         self.indices = self._eligible(masker)
@@ -192,7 +200,7 @@ class SparseBackward:
 
     # ------------------------------------------------------------------ install
     @staticmethod
-    def _eligible(masker: Masker) -> list[int]:
+    def _eligible(masker: MaskerView) -> list[int]:
         model = masker.model
         uses: dict[int, int] = {}
         for _, p in model.named_parameters(remove_duplicate=False):
