@@ -16,10 +16,15 @@ from migu.cli import main
 def test_list_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "tasks"]) == 0
     out = capsys.readouterr().out
-    assert "dbpedia" in out and "multirc" in out and len(out.strip().splitlines()) == 21  # 15 + 6 DAS
+    assert "dbpedia" in out and "multirc" in out and len(out.strip().splitlines()) == 15
+    assert main(["list", "domains"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "restaurant" in out and "proxy_news" in out and len(out.strip().splitlines()) == 9
+    )  # 6 DAS + 3 proxy
     assert main(["list", "orders"]) == 0
     out = capsys.readouterr().out
-    assert "order1" in out and "standard_proxy" in out
+    assert "order1" in out and "standard_proxy" in out and "[pretrain] restaurant acl" in out
     assert main(["list", "methods"]) == 0
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) >= 10 and "MIGU" in out

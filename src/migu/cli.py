@@ -32,18 +32,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for name in list_tasks():
             spec = get_task(name)
             text = spec.instruction or "(the sentence carries its own question)"
-            if spec.kind == "das":
-                text = "DAS continual pre-training corpus (MLM; not part of CL_Benchmark)"
             print(f"{spec.name:10s} {spec.category:8s} {text}")
+    elif args.what == "domains":
+        from .benchmarks import get_domain, list_domains
+
+        for name in list_domains():
+            d = get_domain(name)
+            print(f"{d.name:20s} {d.description}")
     elif args.what == "orders":
         from .benchmarks import get_order, list_orders
 
         for name in list_orders():
             order = get_order(name)
-            print(f"{order.name:15s} {' '.join(order.tasks)}\n{'':15s} {order.description}")
+            print(f"{order.name:15s} [{order.regime}] {' '.join(order.tasks)}\n{'':15s} {order.description}")
     else:
-        from .methods import get_method_class, list_methods
+        from .methods import REGIMES, get_method_class, list_methods
 
+        for regime in REGIMES:
+            print(f"{regime}: {', '.join(list_methods(regime))}")
+        print()
         for name in list_methods():
             cls = get_method_class(name)
             print(f"{name:12s} {cls.paper_name}: {cls.description}")
@@ -90,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory (default: runs/<sweep name>); re-running resumes")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("list", help="list registered tasks, task orders or CL methods")
-    p.add_argument("what", choices=["tasks", "orders", "methods"])
+    p = sub.add_parser("list", help="list registered tasks, domains, orders or CL methods")
+    p.add_argument("what", choices=["tasks", "domains", "orders", "methods"])
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("show", help="print the accuracy matrix and metrics of finished runs")

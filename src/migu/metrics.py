@@ -59,20 +59,64 @@ def accuracy(predictions: Sequence[str], labels: Sequence[str]) -> float:
     return sum(p == g for p, g in zip(predictions, labels, strict=True)) / len(labels)
 
 
-def macro_f1(
-    predictions: Sequence[str], labels: Sequence[str], classes: Sequence[str] | None = None
+def f1(
+    predictions: Sequence[str],
+    labels: Sequence[str],
+    classes: Sequence[str] | None = None,
+    average: str = "macro",
 ) -> float:
-    """Macro-F1 over ``classes`` (default: the gold labels seen); an off-label prediction is a miss."""
+    """F1 over ``classes`` (default: the gold labels seen), ``macro`` or ``micro`` averaged; an
+    off-label prediction is a miss."""
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     classes = list(classes) if classes is not None else sorted(set(labels))
     if not classes:
-        raise ValueError("macro-F1 needs at least one class")
+        raise ValueError("F1 needs at least one class")
+    if average not in ("macro", "micro"):
+        raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
     from sklearn.metrics import f1_score  # scikit-learn loads in ~1 s: only when a score is asked for
 
     # labels=classes: the mean over exactly these classes; a prediction outside them is a false
     # negative of its gold class; a class never predicted nor present scores 0 (zero_division=0).
-    return float(f1_score(list(labels), list(predictions), labels=classes, average="macro", zero_division=0))
+    return float(f1_score(list(labels), list(predictions), labels=classes, average=average, zero_division=0))
+
+
+def macro_f1(
+    predictions: Sequence[str], labels: Sequence[str], classes: Sequence[str] | None = None
+) -> float:
+    """Macro-F1 over ``classes`` (default: the gold labels seen); an off-label prediction is a miss."""
+    return f1(predictions, labels, classes, "macro")
+
+
+# ---------------------------------------------------------------------------- progressive matrices
+# ContinualLM's summaries of the N x N end-task matrices of continual pre-training (tools/
+# forgetting_rate.py, approaches/finetune.py): cells may be None where a row was not scored.
+Progressive = Sequence[Sequence[float | None]]
+
+
+def mean_last_row(r: Progressive) -> float | None:
+    """Final: the mean of the last row (every end task after the last domain)."""
+    if not r or any(v is None for v in r[-1]):
+        return None
+    return sum(r[-1]) / len(r[-1])  # type: ignore[arg-type]
+
+
+def mean_diagonal(r: Progressive) -> float | None:
+    """Forward: the mean of the diagonal (each end task right after its own domain); None if any
+    diagonal cell was not scored."""
+    diag = [r[j][j] for j in range(min(len(r), len(r[0]) if r else 0))]
+    if len(diag) != len(r) or any(v is None for v in diag):
+        return None
+    return sum(diag) / len(diag)  # type: ignore[arg-type]
+
+
+def diagonal_forgetting(r: Progressive) -> float | None:
+    """Forgetting: mean over j < N-1 of R[j][j] - R[N-1][j] (ContinualLM's forgetting rate)."""
+    n = len(r)
+    if n < 2:
+        return 0.0 if n == 1 else None
+    drops = [r[j][j] - r[n - 1][j] for j in range(n - 1) if r[j][j] is not None and r[n - 1][j] is not None]
+    return sum(drops) / len(drops) if len(drops) == n - 1 else None  # type: ignore[operator]
 
 
 def summarize(r: Matrix, baseline: Sequence[float] | None = None) -> dict[str, float | None]:

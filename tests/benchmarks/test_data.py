@@ -288,8 +288,8 @@ def test_task_without_any_split_names_the_task_and_files(bench: Path) -> None:
         load_task("yahoo", bench)
 
 
-def test_das_tasks_are_not_in_cl_benchmark(bench: Path) -> None:
-    with pytest.raises(DataError, match=r"DAS.*not part of CL_Benchmark"):
+def test_das_domains_are_not_cl_benchmark_tasks(bench: Path) -> None:
+    with pytest.raises(KeyError, match=r"'restaurant' is a continual pre-training domain"):
         load_task("restaurant", bench)
 
 

@@ -10,12 +10,14 @@ from migu.benchmarks import (
     TaskSpec,
     UnknownOrderError,
     UnknownTaskError,
+    get_domain,
     get_order,
     get_task,
+    list_domains,
     list_orders,
     list_tasks,
 )
-from migu.benchmarks.registry import _parse
+from migu.benchmarks.registry import _parse, _parse_domains
 
 CL_TASKS = {
     "dbpedia", "amazon", "yahoo", "agnews", "yelp", "mnli", "cb", "wic",
@@ -30,26 +32,30 @@ PAPER_ORDERS = {
     "order4": "mnli cb wic copa qqp boolqa rte imdb yelp amazon sst-2 dbpedia agnews multirc yahoo",
     "order5": "multirc boolqa wic mnli cb copa qqp rte imdb sst-2 dbpedia agnews yelp amazon yahoo",
     "order6": "yelp amazon mnli cb copa qqp rte imdb sst-2 dbpedia agnews yahoo multirc boolqa wic",
-    "order7": "restaurant acl ai phone pubmed camera",
 }
 UNAVAILABLE_OFFLINE = {"yahoo"}
 
 
 def test_registry_holds_the_15_cl_tasks_and_the_das_domains() -> None:
-    classification = {n for n in list_tasks() if get_task(n).kind == "classification"}
-    assert classification == CL_TASKS
+    assert set(list_tasks()) == CL_TASKS
+    assert list_domains()[:6] == DAS_TASKS
     for name in DAS_TASKS:
-        spec = get_task(name)
-        assert spec.kind == "das" and spec.path is None
+        spec = get_domain(name)
+        assert spec.corpus.files and spec.end_task.path and spec.end_task.epochs >= 5
+    assert get_domain("pubmed").end_task.metric == "micro_f1"  # ContinualLM reports micro-F1 on ChemProt
+    assert get_order("order7").tasks == tuple(DAS_TASKS) and get_order("order7").regime == "pretrain"
+    for name in get_order("das_proxy").tasks:
+        spec = get_domain(name)
+        assert spec.corpus.from_task == spec.end_task.task  # corpus and end task from one source
 
 
 def test_every_order_names_registered_tasks_and_has_a_description() -> None:
-    tasks = set(list_tasks())
+    names = {"finetune": set(list_tasks()), "pretrain": set(list_domains())}
     for name in list_orders():
         order = get_order(name)
         assert isinstance(order, OrderSpec) and order.name == name
         assert order.description
-        assert order.tasks and set(order.tasks) <= tasks
+        assert order.tasks and set(order.tasks) <= names[order.regime]
         assert len(set(order.tasks)) == len(order.tasks)
 
 
@@ -115,7 +121,7 @@ def _minimal(**orders: list[str]) -> dict:
     return {
         "tasks": {
             "a": {"category": "TC", "path": "TC/a", "instruction": "x"},
-            "d": {"category": "DAS", "path": None, "instruction": "", "kind": "das"},
+            "d": {"category": "TC", "path": "TC/d", "instruction": ""},
         },
         "orders": {k: {"tasks": v, "description": "d"} for k, v in orders.items()},
     }
@@ -123,19 +129,36 @@ def _minimal(**orders: list[str]) -> dict:
 
 def test_parse_rejects_inconsistent_registries() -> None:
     tasks, orders = _parse(_minimal(o=["a"]), "t.yaml")
-    assert tasks["d"].kind == "das"
-    assert orders["o"].tasks == ("a",)
+    assert tasks["d"].instruction == ""
+    assert orders["o"].tasks == ("a",) and orders["o"].regime == "finetune"
     with pytest.raises(RegistryError, match="unknown tasks"):
         _parse(_minimal(o=["a", "b"]), "t.yaml")
-    with pytest.raises(RegistryError, match="mixes task kinds"):
-        _parse(_minimal(o=["a", "d"]), "t.yaml")
     with pytest.raises(RegistryError, match="repeats"):
         _parse(_minimal(o=["a", "a"]), "t.yaml")
     bad = _minimal()
-    bad["tasks"]["a"]["kind"] = "regression"
-    with pytest.raises(RegistryError, match="kind"):
+    bad["tasks"]["a"]["path"] = None
+    with pytest.raises(RegistryError, match="needs a data path"):
         _parse(bad, "t.yaml")
     bad = _minimal()
     del bad["tasks"]["a"]["path"]
     with pytest.raises(RegistryError, match="lacks path"):
         _parse(bad, "t.yaml")
+
+
+def test_parse_domains_rejects_inconsistent_entries() -> None:
+    tasks, _ = _parse(_minimal(), "t.yaml")
+
+    def reg(**domain: object) -> dict:
+        base = {"corpus": {"from_task": "a", "rows": 10}, "end_task": {"task": "a"}}
+        return {"domains": {"x": {**base, **domain}}, "orders": {"o": {"domains": ["x"], "description": "d"}}}
+
+    domains, orders = _parse_domains(reg(), "d.yaml", tasks)
+    assert domains["x"].corpus.rows == 10 and orders["o"].regime == "pretrain"
+    with pytest.raises(RegistryError, match="exactly one of 'files' or 'from_task'"):
+        _parse_domains(reg(corpus={"files": ["c.txt"], "from_task": "a"}), "d.yaml", tasks)
+    with pytest.raises(RegistryError, match="exactly one of 'path' or 'task'"):
+        _parse_domains(reg(end_task={}), "d.yaml", tasks)
+    with pytest.raises(RegistryError, match="unknown CL_Benchmark task 'zzz'"):
+        _parse_domains(reg(end_task={"task": "zzz"}), "d.yaml", tasks)
+    with pytest.raises(RegistryError, match=r"unknown key\(s\) \['colour'\]"):
+        _parse_domains(reg(corpus={"from_task": "a", "colour": 1}), "d.yaml", tasks)

@@ -1,4 +1,5 @@
-"""Continual-learning benchmarks: the task/order registry and the CL_Benchmark reader."""
+"""Continual-learning benchmarks: the task, domain and order registry, the CL_Benchmark reader, and
+the domain corpora of continual pre-training."""
 
 from .data import (
     ENV_VAR,
@@ -12,14 +13,21 @@ from .data import (
     resolve_data_root,
 )
 from .registry import (
+    CorpusSpec,
+    DomainSpec,
+    EndTaskSpec,
     OrderSpec,
+    Regime,
     RegistryError,
     TaskSpec,
+    UnknownDomainError,
     UnknownNameError,
     UnknownOrderError,
     UnknownTaskError,
+    get_domain,
     get_order,
     get_task,
+    list_domains,
     list_orders,
     list_tasks,
 )
@@ -27,18 +35,25 @@ from .registry import (
 __all__ = [
     "ENV_VAR",
     "UNLABELED",
+    "CorpusSpec",
     "DataError",
+    "DomainSpec",
+    "EndTaskSpec",
     "Example",
     "OrderSpec",
+    "Regime",
     "RegistryError",
     "TaskData",
     "TaskSpec",
+    "UnknownDomainError",
     "UnknownNameError",
     "UnknownOrderError",
     "UnknownTaskError",
     "format_prompt",
+    "get_domain",
     "get_order",
     "get_task",
+    "list_domains",
     "list_orders",
     "list_tasks",
     "load_task",

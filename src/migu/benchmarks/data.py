@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .registry import TaskSpec, get_task
+from .registry import TaskSpec, UnknownTaskError, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -205,12 +205,6 @@ def _split_unlabeled(rows: list[_Row]) -> tuple[list[_Row], list[_Row]]:
 
 
 def _task_dir(spec: TaskSpec, root: Path) -> Path:
-    if spec.kind == "das":
-        raise DataError(
-            f"task {spec.name!r} is a DAS continual pre-training domain (order 7): the DAS corpora are "
-            "not part of CL_Benchmark and this library ships no loader for them"
-        )
-    assert spec.path is not None  # guaranteed for classification tasks by the registry
     return root / spec.path
 
 
@@ -477,7 +471,12 @@ def load_tasks(
     None}}``. Every task's files are checked before any is read, and all problems are reported
     in one DataError, so a run fails before training starts rather than at task 9 of 15.
     """
-    specs = [get_task(n) for n in names]
+    specs, problems = [], []
+    for n in names:
+        try:
+            specs.append(get_task(n))
+        except UnknownTaskError as err:  # reported with the file problems below, all at once
+            problems.append(str(err))
     overrides: dict[str, dict[str, Any]] = {}
     for task, opts in (per_task or {}).items():
         bad = set(opts) - {"train_n", "test_n"}
@@ -491,7 +490,7 @@ def load_tasks(
         logger.info("per_task settings for %s ignored: not in this task list", sorted(unused))
     data_root = resolve_data_root(root)
     eval_split = kwargs.get("eval_split", "test")
-    problems = [p for spec in specs for p in _check_files(spec, data_root, eval_split)]
+    problems += [p for spec in specs for p in _check_files(spec, data_root, eval_split)]
     if problems:
         raise DataError(
             f"{len(problems)} problem(s) with the benchmark data under {data_root}:\n  - "

@@ -1,48 +1,82 @@
-"""Task and order registry, read once from the packaged ``tasks.yaml``.
+"""Task, domain and order registry, read once from the packaged ``tasks.yaml`` and ``domains.yaml``.
 
-A task order is one YAML entry, so adding an order or a task never touches code. Lookups are
+A task, a domain or an order is one YAML entry, so adding one never touches code. Lookups are
 case-insensitive and unknown names fail with close-match suggestions, because a typo in an
-order name should stop a run before any model is built.
+order name should stop a run before any model is built. An order's ``regime`` says what its
+stages are: labelled tasks (``finetune``, tasks.yaml) or domain corpora (``pretrain``,
+domains.yaml).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
 import yaml
 
-TaskKind = Literal["classification", "das"]
-TASK_KINDS: tuple[str, ...] = ("classification", "das")
+Regime = Literal["finetune", "pretrain", "instruct"]
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """One CL task: where its data lives under CL_Benchmark and how its prompt reads.
 
-    ``path`` is relative to the CL_Benchmark root (``None`` for tasks whose data is not in
-    CL_Benchmark, e.g. the DAS corpora). An empty ``instruction`` means the sentence carries its
-    own question (COPA), as in O-LoRA.
+    ``path`` is relative to the CL_Benchmark root. An empty ``instruction`` means the sentence
+    carries its own question (COPA), as in O-LoRA.
     """
 
     name: str
     category: str
-    path: str | None
+    path: str
     instruction: str
-    kind: TaskKind = "classification"
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A domain's unlabeled text: files under the data root, or a CL_Benchmark task's spare rows."""
+
+    files: tuple[str, ...] = ()
+    format: Literal["text", "json"] = "text"
+    text_field: str = "text"
+    from_task: str | None = None
+    rows: int | None = None  # documents used (seeded sample); None = all
+
+
+@dataclass(frozen=True)
+class EndTaskSpec:
+    """A domain's labelled end task: a directory of train/test files, or a CL_Benchmark task."""
+
+    path: str | None = None
+    format: Literal["cl_benchmark", "jsonl"] = "cl_benchmark"
+    task: str | None = None
+    train_n: int | None = None
+    test_n: int | None = None
+    epochs: float = 1.0
+    metric: Literal["macro_f1", "micro_f1"] = "macro_f1"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One continual pre-training domain: its corpus and its end task."""
+
+    name: str
+    description: str
+    corpus: CorpusSpec
+    end_task: EndTaskSpec
 
 
 @dataclass(frozen=True)
 class OrderSpec:
-    """A task sequence: the tasks in training order and what the sequence is for."""
+    """A stage sequence: task (or domain) names in training order, what it is for, its regime."""
 
     name: str
     tasks: tuple[str, ...]
     description: str
+    regime: Regime = "finetune"
 
 
 class RegistryError(ValueError):
@@ -63,6 +97,10 @@ class UnknownTaskError(UnknownNameError):
 
 class UnknownOrderError(UnknownNameError):
     """No order by that name."""
+
+
+class UnknownDomainError(UnknownNameError):
+    """No domain by that name."""
 
 
 def _key(name: str) -> str:
@@ -87,62 +125,121 @@ def _parse(data: Any, source: str) -> tuple[dict[str, TaskSpec], dict[str, Order
         missing = [k for k in ("category", "path", "instruction") if k not in entry]
         if missing:
             raise RegistryError(f"{source}: task {raw_name!r} lacks {', '.join(missing)}")
-        kind = entry.get("kind", "classification")
-        if kind not in TASK_KINDS:
-            raise RegistryError(f"{source}: task {raw_name!r} has kind {kind!r}, not one of {TASK_KINDS}")
-        path = entry["path"]
-        if kind == "classification" and not path:
-            raise RegistryError(f"{source}: classification task {raw_name!r} needs a data path")
+        if not entry["path"]:
+            raise RegistryError(f"{source}: task {raw_name!r} needs a data path")
         if name in tasks:
             raise RegistryError(f"{source}: task {raw_name!r} is registered twice")
         tasks[name] = TaskSpec(
             name=name,
             category=str(entry["category"]),
-            path=str(path) if path else None,
+            path=str(entry["path"]),
             instruction=str(entry["instruction"] or ""),
-            kind=kind,
         )
+    return tasks, _parse_orders(data, source, "tasks", tasks, "finetune")
 
+
+def _parse_orders(
+    data: Mapping[str, Any], source: str, key: str, names: Mapping[str, Any], regime: Regime
+) -> dict[str, OrderSpec]:
+    """Orders of one registry file: ``key`` lists registered names of that file, each once."""
     orders: dict[str, OrderSpec] = {}
     for raw_name, entry in (data.get("orders") or {}).items():
         name = _key(str(raw_name))
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("tasks"), list) or not entry["tasks"]:
-            raise RegistryError(f"{source}: order {raw_name!r} needs a non-empty 'tasks' list")
+        if not isinstance(entry, Mapping) or not isinstance(entry.get(key), list) or not entry[key]:
+            raise RegistryError(f"{source}: order {raw_name!r} needs a non-empty '{key}' list")
         if not entry.get("description"):
             raise RegistryError(f"{source}: order {raw_name!r} needs a description")
-        seq = tuple(_key(str(t)) for t in entry["tasks"])
-        unknown = [t for t in seq if t not in tasks]
+        seq = tuple(_key(str(t)) for t in entry[key])
+        unknown = [t for t in seq if t not in names]
         if unknown:
-            raise RegistryError(f"{source}: order {raw_name!r} names unknown tasks {unknown}")
+            raise RegistryError(f"{source}: order {raw_name!r} names unknown {key} {unknown}")
         if len(set(seq)) != len(seq):
             raise RegistryError(f"{source}: order {raw_name!r} repeats a task")
-        kinds = {tasks[t].kind for t in seq}
-        if len(kinds) > 1:
-            raise RegistryError(f"{source}: order {raw_name!r} mixes task kinds {sorted(kinds)}")
         orders[name] = OrderSpec(
-            name=name, tasks=seq, description=" ".join(str(entry["description"]).split())
+            name=name, tasks=seq, description=" ".join(str(entry["description"]).split()), regime=regime
         )
-    return tasks, orders
+    return orders
+
+
+def _section(cls: type, entry: Any, where: str) -> Any:
+    """A frozen spec dataclass from a YAML mapping; unknown keys are registry errors."""
+    if not isinstance(entry, Mapping):
+        raise RegistryError(f"{where} must be a mapping")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise RegistryError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+    return cls(**values)
+
+
+def _parse_domains(
+    data: Any, source: str, tasks: Mapping[str, TaskSpec]
+) -> tuple[dict[str, DomainSpec], dict[str, OrderSpec]]:
+    """Build and check the domain registry; every inconsistency is a RegistryError."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("domains"), Mapping):
+        raise RegistryError(f"{source}: expected a mapping with 'domains' and 'orders'")
+    domains: dict[str, DomainSpec] = {}
+    for raw_name, entry in data["domains"].items():
+        name = _key(str(raw_name))
+        where = f"{source}: domain {raw_name!r}"
+        if not isinstance(entry, Mapping) or not {"corpus", "end_task"} <= set(entry):
+            raise RegistryError(f"{where} needs 'corpus' and 'end_task'")
+        corpus = _section(CorpusSpec, entry["corpus"], f"{where} corpus")
+        end = _section(EndTaskSpec, entry["end_task"], f"{where} end_task")
+        if bool(corpus.files) == bool(corpus.from_task):
+            raise RegistryError(f"{where} corpus needs exactly one of 'files' or 'from_task'")
+        if (end.path is None) == (end.task is None):
+            raise RegistryError(f"{where} end_task needs exactly one of 'path' or 'task'")
+        for ref in (corpus.from_task, end.task):
+            if ref is not None and _key(ref) not in tasks:
+                raise RegistryError(f"{where} refers to unknown CL_Benchmark task {ref!r}")
+        if name in domains:
+            raise RegistryError(f"{where} is registered twice")
+        domains[name] = DomainSpec(name, " ".join(str(entry.get("description", "")).split()), corpus, end)
+    return domains, _parse_orders(data, source, "domains", domains, "pretrain")
+
+
+def _load(name: str) -> Any:
+    return yaml.safe_load(resources.files("migu.benchmarks").joinpath(name).read_text(encoding="utf-8"))
 
 
 @cache
-def _registry() -> tuple[dict[str, TaskSpec], dict[str, OrderSpec]]:
-    text = resources.files("migu.benchmarks").joinpath("tasks.yaml").read_text(encoding="utf-8")
-    return _parse(yaml.safe_load(text), "migu/benchmarks/tasks.yaml")
+def _registry() -> tuple[dict[str, TaskSpec], dict[str, DomainSpec], dict[str, OrderSpec]]:
+    tasks, orders = _parse(_load("tasks.yaml"), "migu/benchmarks/tasks.yaml")
+    domains, domain_orders = _parse_domains(_load("domains.yaml"), "migu/benchmarks/domains.yaml", tasks)
+    clash = set(orders) & set(domain_orders)
+    if clash:
+        raise RegistryError(f"orders named in both tasks.yaml and domains.yaml: {sorted(clash)}")
+    return tasks, domains, {**orders, **domain_orders}
 
 
 def get_task(name: str) -> TaskSpec:
     """The task registered as ``name`` (case-insensitive); UnknownTaskError otherwise."""
-    tasks = _registry()[0]
+    tasks, domains, _ = _registry()
     try:
         return tasks[_key(name)]
     except KeyError:
+        if _key(name) in domains:
+            raise UnknownTaskError(
+                f"{name!r} is a continual pre-training domain (migu list domains), not a labelled task: "
+                "it is trained in the pretrain regime (an order of domains)"
+            ) from None
         raise UnknownTaskError(_unknown_message("task", name, list(tasks))) from None
+
+
+def get_domain(name: str) -> DomainSpec:
+    """The continual pre-training domain registered as ``name``; UnknownDomainError otherwise."""
+    domains = _registry()[1]
+    try:
+        return domains[_key(name)]
+    except KeyError:
+        raise UnknownDomainError(_unknown_message("domain", name, list(domains))) from None
 
 
 def get_order(name: str) -> OrderSpec:
     """The order registered as ``name`` (case-insensitive); UnknownOrderError otherwise."""
-    orders = _registry()[1]
+    orders = _registry()[2]
     try:
         return orders[_key(name)]
     except KeyError:
@@ -154,6 +251,11 @@ def list_tasks() -> list[str]:
     return list(_registry()[0])
 
 
-def list_orders() -> list[str]:
-    """Registered order names, in registry order."""
+def list_domains() -> list[str]:
+    """Registered domain names, in registry order."""
     return list(_registry()[1])
+
+
+def list_orders(regime: str | None = None) -> list[str]:
+    """Registered order names (of one regime, when given), in registry order."""
+    return [n for n, o in _registry()[2].items() if regime is None or o.regime == regime]

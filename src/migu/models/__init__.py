@@ -7,8 +7,9 @@ returns a :class:`ModelFamily` with ``collate`` / ``loss`` / ``predict`` / ``spe
 from .base import ExampleLike, ModelFamily, fit_prompt, lora_targets_for
 from .config import HUB_ALIASES, ModelConfig, minilm_dir, resolve_model_name
 from .encoder import EncoderClassifier, EncoderFamily, LabelHead
-from .factory import build_family, detect_family
+from .factory import build_family, build_mlm_family, detect_family
 from .generative import CausalFamily, GenerativeFamily, Seq2SeqFamily
+from .mlm import MaskedLM, MaskedLMFamily
 from .spec import FamilyOutput, ModelSpec
 
 __all__ = [
@@ -20,11 +21,14 @@ __all__ = [
     "FamilyOutput",
     "GenerativeFamily",
     "LabelHead",
+    "MaskedLM",
+    "MaskedLMFamily",
     "ModelConfig",
     "ModelFamily",
     "ModelSpec",
     "Seq2SeqFamily",
     "build_family",
+    "build_mlm_family",
     "detect_family",
     "fit_prompt",
     "lora_targets_for",

@@ -11,6 +11,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PretrainedConfig,
@@ -26,6 +27,7 @@ from .base import FamilyName, ModelFamily
 from .config import ModelConfig, resolve_model_name
 from .encoder import EncoderClassifier, EncoderFamily
 from .generative import CausalFamily, Seq2SeqFamily
+from .mlm import MaskedLM, MaskedLMFamily
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     return _from_pretrained(AutoTokenizer, config.tokenizer_source, f"tokenizer (model.{field})")
 
 
-def _model_config(config: ModelConfig) -> PretrainedConfig:
+def model_config(config: ModelConfig) -> PretrainedConfig:
+    """The HF config of ``config``: built for ``random_init``, else read from the model's files."""
     if config.random_init is not None:
         kwargs = dict(config.random_init)
         model_type = kwargs.pop("model_type")
@@ -132,7 +135,7 @@ def build_family(config: ModelConfig, label_space: Sequence[str]) -> ModelFamily
         raise ValueError(
             f"label_space must be a non-empty sequence of non-empty strings, got {label_space!r}"
         )
-    hf_config = _model_config(config)
+    hf_config = model_config(config)
     family: FamilyName = detect_family(hf_config) if config.family == "auto" else config.family
     _check_family(family, hf_config)
     if family == "encoder" and config.eval_mode != "rank":
@@ -164,3 +167,37 @@ def build_family(config: ModelConfig, label_space: Sequence[str]) -> ModelFamily
     if family == "seq2seq":
         return Seq2SeqFamily(model, tokenizer, config, labels, model_type)
     return CausalFamily(model, tokenizer, config, labels, model_type)
+
+
+def build_mlm_family(config: ModelConfig, mlm_probability: float = 0.15) -> MaskedLMFamily:
+    """Load (or randomly build) ``AutoModelForMaskedLM`` for ``config`` (continual pre-training).
+
+    A checkpoint without an MLM head (the packaged MiniLM is a ``BertModel``) gets the encoder's
+    weights and a new head: the prediction transform is freshly initialized and the decoder is tied
+    to the word embeddings (the model's ``tie_word_embeddings``).
+    """
+    hf_config = model_config(config)
+    model_type = str(hf_config.model_type)
+    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"model.name={config.name!r} (model_type {model_type!r}) has no masked-LM head class in "
+            "transformers: continual pre-training needs a BERT/RoBERTa-family model"
+        )
+    tokenizer = load_tokenizer(config)
+    vocab = getattr(hf_config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}")
+    if config.random_init is not None:
+        hf = AutoModelForMaskedLM.from_config(hf_config)
+    else:
+        hf = _from_pretrained(
+            AutoModelForMaskedLM, resolve_model_name(config.name), "model (model.name)", config=hf_config
+        )
+    model = MaskedLM(hf).to(_DTYPES[config.dtype])
+    log.info(
+        "masked LM %s (%s, %.1fM params)",
+        config.name if config.random_init is None else f"random {model_type}",
+        type(hf).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    return MaskedLMFamily(model, tokenizer, config, mlm_probability)

@@ -121,12 +121,12 @@ class RunState:
     """What a run has finished so far (``run_state.json``): enough to resume after the last task."""
 
     config_hash: str
-    completed: int = 0  # tasks finished
-    matrix: list[list[float]] = field(default_factory=list)  # accuracy after each finished task
-    f1: list[list[float]] = field(default_factory=list)  # macro-F1, same layout
-    baseline: list[float] | None = None  # the untrained model's accuracies
-    baseline_f1: list[float] | None = None
-    timings: list[dict[str, Any]] = field(default_factory=list)  # per finished task
+    completed: int = 0  # stages trained AND scored
+    trained: int = 0  # stages trained and checkpointed (one more than completed while scoring)
+    matrices: dict[str, list[list[float | None]]] = field(default_factory=dict)  # metric -> rows so far
+    baselines: dict[str, list[float]] | None = None  # the untrained model's scores per metric
+    progress: dict[str, Any] = field(default_factory=dict)  # finished parts of a long scoring protocol
+    timings: list[dict[str, Any]] = field(default_factory=list)  # per finished stage
     wall_seconds: float = 0.0
 
 

@@ -16,6 +16,7 @@ float (YAML 1.1 would read a string).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import types
@@ -152,6 +153,72 @@ class MethodConfig:
 
 
 @dataclass
+class EndTaskConfig:
+    """How continual pre-training scores a checkpoint: each end task is finetuned from a copy of the
+    post-trained encoder with a new head (ContinualLM: lr 3e-5, batch 16, its per-task epochs)."""
+
+    lr: float = 3e-5
+    batch_size: int = 16
+    epochs: float | None = None  # None: the domain's own value from domains.yaml (ContinualLM's)
+    weight_decay: float = 0.01
+    schedule: Schedule = "linear"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    max_length: int = 164
+    eval_batch_size: int = 64
+    max_steps: int | None = None  # cap per end task (smoke runs)
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "batch_size", "max_length", "eval_batch_size"):
+            v = getattr(self, key)
+            if v <= 0:
+                raise ConfigError(f"pretrain.end_task.{key} must be positive, got {v!r}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"pretrain.end_task.epochs must be positive or null, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"pretrain.end_task.max_steps must be positive or null, got {self.max_steps}")
+        _check_choices(self, "pretrain.end_task.")
+
+
+@dataclass
+class PretrainConfig:
+    """Continual pre-training (regime ``pretrain``): MLM on each domain's corpus, then end tasks.
+
+    Steps per domain are given in optimizer steps or in samples (ContinualLM: 640000 samples at
+    batch 248 = 2580 steps); a corpus shorter than that is cycled in epochs.
+    """
+
+    steps_per_domain: int | None = None
+    samples_per_domain: int | None = None
+    block_size: int = 164  # tokens per MLM block (ContinualLM's max_seq_length)
+    mlm_probability: float = 0.15
+    evaluate: Literal["every", "last"] = "every"  # the progressive matrix, or after the last domain only
+    end_task: EndTaskConfig = field(default_factory=EndTaskConfig)
+    cache_dir: str | None = None  # tokenized blocks (default $MIGU_CACHE, else ~/.cache/migu)
+
+    def __post_init__(self) -> None:
+        if self.steps_per_domain is not None and self.samples_per_domain is not None:
+            raise ConfigError("pretrain: give steps_per_domain or samples_per_domain, not both")
+        for key in ("steps_per_domain", "samples_per_domain"):
+            v = getattr(self, key)
+            if v is not None and v <= 0:
+                raise ConfigError(f"pretrain.{key} must be positive or null, got {v}")
+        if self.block_size < 8:
+            raise ConfigError(f"pretrain.block_size must be >= 8 tokens, got {self.block_size}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        _check_choices(self, "pretrain.")
+
+    def steps(self, batch_size: int, grad_accum: int) -> int | None:
+        """Optimizer steps per domain (None: one epoch of the corpus)."""
+        if self.steps_per_domain is not None:
+            return self.steps_per_domain
+        if self.samples_per_domain is not None:
+            return math.ceil(self.samples_per_domain / (batch_size * grad_accum))
+        return None
+
+
+@dataclass
 class RunConfig:
     """One continual-learning run: an order of tasks, one model, one method, MIGU on or off.
 
@@ -163,12 +230,15 @@ class RunConfig:
     seed: int = 42
     order: str | None = None
     tasks: list[str] | None = None
+    # what the order's stages are: labelled tasks (finetune), domain corpora (pretrain); auto: the order's
+    regime: Literal["auto", "finetune", "pretrain"] = "auto"
     data_root: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     migu: MIGUConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval_baseline: bool = True  # evaluate the untrained model (for FWT)
     keep_checkpoints: bool = False  # keep every task's checkpoint (analysis) instead of the last
     tensorboard: bool = False
@@ -178,6 +248,9 @@ class RunConfig:
             raise ConfigError("config must give exactly one of 'order' (a registry name) or 'tasks' (a list)")
         if self.tasks is not None and not self.tasks:
             raise ConfigError("tasks must be a non-empty list of task names")
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+            raise ConfigError(f"tasks lists {dup} more than once: each task is one stage of the order")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON data (tuples as lists), the form saved with results."""
@@ -195,13 +268,14 @@ def _plain(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- typed building
-_SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "train": TrainConfig,
-    "method": MethodConfig,
-    "model": ModelConfig,
-    "migu": MIGUConfig,
-}
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), else None."""
+    if is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if is_dataclass(a) and isinstance(a, type)]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 def _describe(hint: Any) -> str:
@@ -305,7 +379,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         hint = hints[key]
-        sub = _SECTIONS.get(key) if cls is RunConfig else None
+        sub = _dataclass_of(hint)
         if sub is not None and value is not None:
             kwargs[key] = _build(sub, value, f"{where}{key}.")
             continue

@@ -27,30 +27,50 @@ class ResultsError(ValueError):
     """A results file that cannot be read as this version's results; the message names the file."""
 
 
+Matrix = list[list[float | None]]
+
+
 @dataclass(frozen=True)
 class RunResults:
-    """One run's results. Accuracies are fractions in [0, 1]; ``matrix[i][j]`` is task j after
-    training task i; ``metrics`` (ACC/BWT/FWT/forgetting) are set once the run is complete."""
+    """One run's results. Scores are fractions in [0, 1].
+
+    ``matrices[m][i][j]`` is metric ``m`` on column j (task, domain's end task) after stage i;
+    None where it was not measured (a pretrain run evaluating after the last domain only).
+    ``primary`` names the matrix that ``matrix`` means: ``acc`` (finetune: ``acc`` and ``f1``
+    matrices) or ``mf1`` (pretrain: ``mf1`` and ``acc``). ``metrics`` hold the regime's summary
+    (finetune: ACC/BWT/FWT/forgetting; pretrain: final/forward/forgetting per metric), set once
+    the run is complete. ``baselines`` are the untrained model's scores per metric.
+    """
 
     name: str
     method: str
     seed: int
     tasks: list[str]
     complete: bool
-    matrix: list[list[float]]
+    matrices: dict[str, Matrix]
+    regime: str = "finetune"
+    primary: str = "acc"
+    stages: list[str] = field(default_factory=list)  # row labels (the tasks / domains trained)
     method_options: dict[str, Any] = field(default_factory=dict)
     migu: dict[str, Any] | None = None  # the resolved MIGUConfig, None = MIGU off
-    f1_matrix: list[list[float]] = field(default_factory=list)
-    baseline: list[float] | None = None  # the untrained model's accuracies (FWT)
-    baseline_f1: list[float] | None = None
+    baselines: dict[str, list[float]] | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)
-    final_macro_f1: list[float] | None = None
     per_task: dict[str, Any] = field(default_factory=dict)  # where each task's rows came from
     timings: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the resolved run config
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def matrix(self) -> Matrix:
+        """The primary metric's matrix (accuracy in the finetuning regime)."""
+        return self.matrices.get(self.primary, [])
+
+    @property
+    def baseline(self) -> list[float] | None:
+        """The untrained model's primary scores (FWT), if measured."""
+        return None if self.baselines is None else self.baselines.get(self.primary)
 
     @property
     def threshold(self) -> float | None:
@@ -80,12 +100,29 @@ class RunResults:
                 f"{source}: results schema version {version!r}, this migu reads version {SCHEMA_VERSION} "
                 "(re-run the run with this version, or read it with the migu that wrote it)"
             )
+        data = _upgrade(data)
         names = {f.name for f in fields(cls)}
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [k for k in required if k not in data]
         if missing:
             raise ResultsError(f"{source}: not a migu results file (missing {missing})")
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Files written before ``matrices`` existed (one accuracy and one F1 matrix): same content."""
+    if "matrices" in data or "matrix" not in data:
+        return data
+    data = dict(data)
+    data["matrices"] = {"acc": data.pop("matrix")}
+    f1 = data.pop("f1_matrix", None)
+    if f1:
+        data["matrices"]["f1"] = f1
+    base, base_f1 = data.pop("baseline", None), data.pop("baseline_f1", None)
+    if base is not None:
+        data["baselines"] = {"acc": base, **({"f1": base_f1} if base_f1 is not None else {})}
+    data.pop("final_macro_f1", None)  # the last row of the F1 matrix
+    return data
 
 
 def results_path(run_dir: str | Path) -> Path:
@@ -131,8 +168,8 @@ def write_results(run_dir: Path, results: RunResults) -> None:
     writer.writerow(["after_task", *results.tasks])
     if results.baseline is not None:
         writer.writerow(["(untrained)", *(f"{100 * v:.2f}" for v in results.baseline)])
-    for name, row in zip(results.tasks, results.matrix, strict=False):
-        writer.writerow([name, *(f"{100 * v:.2f}" for v in row)])
+    for name, row in zip(results.stages or results.tasks, results.matrix, strict=False):
+        writer.writerow([name, *("" if v is None else f"{100 * v:.2f}" for v in row)])
     atomic_write_text(run_dir / MATRIX_FILE, buf.getvalue())
 
 
@@ -148,15 +185,17 @@ def format_results(results: RunResults) -> str:
         f"run: {results.name}  method: {results.method}  "
         f"MIGU: {'off' if results.threshold is None else results.threshold}"
     ]
-    lines.append("accuracy (%) after training on each task (rows) for each task (columns)")
+    what = {"acc": "accuracy", "mf1": "end-task F1", "f1": "macro-F1"}.get(results.primary, results.primary)
+    lines.append(f"{what} (%) after training on each stage (rows) for each task (columns)")
     lines.append("after".ljust(width) + "".join(t[:10].rjust(11) for t in tasks))
     if results.baseline is not None:
         lines.append("(untrained)".ljust(width) + "".join(_fmt(v).rjust(11) for v in results.baseline))
-    for name, row in zip(tasks, results.matrix, strict=False):
-        lines.append(name.ljust(width) + "".join(_fmt(v).rjust(11) for v in row))
+    for name, row in zip(results.stages or tasks, results.matrix, strict=False):
+        lines.append(name[: width - 1].ljust(width) + "".join(_fmt(v).rjust(11) for v in row))
     if results.metrics:
         lines.append("")
-        lines.append("  ".join(f"{k.upper()} {_fmt(results.metric(k)).strip()}" for k in METRICS))
+        keys = METRICS if results.regime == "finetune" else tuple(results.metrics)
+        lines.append("  ".join(f"{k.upper()} {_fmt(results.metric(k)).strip()}" for k in keys))
     if not results.complete:
         lines.append(f"(incomplete: {results.trained} of {len(tasks)} tasks finished)")
     lines.append(f"wall time {results.wall_seconds:.0f}s")

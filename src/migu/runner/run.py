@@ -1,5 +1,6 @@
-"""One continual-learning run: validate everything, then train through the order, evaluating all
-tasks after each one, checkpointing, and resuming from the last finished task when re-run."""
+"""One continual-learning run: validate everything, then train through the order's stages, scoring
+after each one (the regime's protocol, ``runner.stages``), checkpointing, and resuming after the
+last finished stage when re-run."""
 
 from __future__ import annotations
 
@@ -17,15 +18,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from ..benchmarks import get_order, load_tasks, resolve_data_root
+from ..benchmarks import TaskData, get_order, list_domains, load_tasks, resolve_data_root
+from ..benchmarks.corpus import check_domains, load_domain
 from ..engine import MIGUConfig
 from ..methods import CLMethod, TaskContext, get_method
-from ..metrics import summarize
-from ..models import ModelConfig, ModelFamily, build_family
 from . import checkpoint as ckpt
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
-from .loop import evaluate, train_task
+from .loop import train_task
 from .results import RunResults, write_results
+from .stages import FinetuneStages, PretrainStages, Stages
 
 log = logging.getLogger(__name__)
 
@@ -36,47 +37,75 @@ class Plan:
 
     config: RunConfig
     run_dir: Path
-    task_names: list[str]
-    tasks: list[Any]  # TaskData, in order
-    model_config: ModelConfig
+    stages: Stages
     method: CLMethod
     migu: MIGUConfig | None
     resolved: dict[str, Any]
 
+    @property
+    def task_names(self) -> list[str]:
+        return self.stages.names
+
+    @property
+    def tasks(self) -> list[TaskData]:
+        """The labelled tasks of a finetuning run (what analyses feed the model)."""
+        if not isinstance(self.stages, FinetuneStages):
+            raise ValueError(f"a {self.stages.regime} run has no finetuning tasks to analyse")
+        return self.stages.tasks
+
+
+def resolve_regime(config: RunConfig) -> tuple[str, list[str]]:
+    """(regime, stage names) of a config: an order's regime, or the kind of names in ``tasks``."""
+    if config.order:
+        order = get_order(config.order)
+        names, regime = list(order.tasks), order.regime
+    else:
+        names = list(config.tasks or [])
+        domains = set(list_domains())
+        regime = "pretrain" if names and all(n.lower() in domains for n in names) else "finetune"
+    if config.regime != "auto" and config.regime != regime:
+        raise ConfigError(
+            f"regime: {config.regime!r} given, but the order's stages are {regime} stages ({names})"
+        )
+    return regime, names
+
 
 def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> Plan:
     """Resolve and validate config, data, model and method (reads all data; trains nothing)."""
-    task_names = list(get_order(config.order).tasks) if config.order else list(config.tasks or [])
+    regime, names = resolve_regime(config)
     try:
         method = get_method(config.method.name, **config.method.options)
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"method: {exc}") from exc
+    if regime not in method.regimes:
+        raise ConfigError(
+            f"method {method.name!r} does not run in the {regime} regime (it runs in: "
+            f"{', '.join(method.regimes)}); `migu list methods` shows each method's regimes"
+        )
     method.on_run_start(config.seed)
     root = resolve_data_root(data_root or config.data_root)
-    d = config.data
-    tasks_by_name = load_tasks(
-        task_names,
-        root,
-        train_n=d.train_n,
-        test_n=d.test_n,
-        seed=config.seed,
-        eval_split=d.eval_split,
-        keep_unlabeled=d.keep_unlabeled,
-        per_task=d.per_task,
-    )
+    stages: Stages
+    if regime == "pretrain":
+        check_domains(names, root)
+        stages = PretrainStages(config, [load_domain(n, root, config.seed) for n in names])
+    else:
+        d = config.data
+        tasks = load_tasks(
+            names,
+            root,
+            train_n=d.train_n,
+            test_n=d.test_n,
+            seed=config.seed,
+            eval_split=d.eval_split,
+            keep_unlabeled=d.keep_unlabeled,
+            per_task=d.per_task,
+        )
+        stages = FinetuneStages(config, [tasks[n] for n in names])
     resolved = config.to_dict()
+    resolved["regime"] = regime
     resolved["data_root"] = str(root)
-    resolved["task_names"] = task_names
-    return Plan(
-        config,
-        Path(run_dir),
-        task_names,
-        [tasks_by_name[n] for n in task_names],
-        config.model,
-        method,
-        config.migu,
-        resolved,
-    )
+    resolved["task_names"] = stages.names
+    return Plan(config, Path(run_dir), stages, method, config.migu, resolved)
 
 
 def _versions() -> dict[str, str]:
@@ -89,37 +118,27 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _label_space(tasks: list[Any]) -> list[str]:
-    """Union of every task's label strings, in order of first appearance (one shared head)."""
-    seen: dict[str, None] = {}
-    for t in tasks:
-        for label in t.labels:
-            seen.setdefault(label, None)
-    return list(seen)
-
-
 def build_model(plan: Plan) -> tuple[Any, Any]:
     """The model family and the method-prepared model, seeded (identical on every rebuild)."""
     set_seed(plan.config.seed)
-    family = build_family(plan.model_config, _label_space(plan.tasks))
+    family = plan.stages.build()
     return family, plan.method.prepare_model(family.model, family.spec)
 
 
 def task_context(
     plan: Plan,
-    family: ModelFamily,
+    family: Any,
     model: nn.Module,
     i: int,
     device: torch.device | None = None,
     rebuilding: bool = False,
 ) -> TaskContext:
-    """What the method sees of task ``i``: its training rows and the family on ``model``."""
-    task = plan.tasks[i]
+    """What the method sees of stage ``i``: its training rows and the family on ``model``."""
     return TaskContext(
         model=model,
         task_index=i,
-        task_name=task.name,
-        examples=task.train,
+        task_name=plan.stages.names[i],
+        examples=plan.stages.train_rows(i),
         rebuilding=rebuilding,
         forward=family.forward,
         collate=family.collate,
@@ -128,7 +147,7 @@ def task_context(
     )
 
 
-def load_task_checkpoint(plan: Plan, family: ModelFamily, model: nn.Module, task_index: int) -> None:
+def load_task_checkpoint(plan: Plan, family: Any, model: nn.Module, task_index: int) -> None:
     """Rebuild the method's structure up to ``task_index`` (adapters, buffers) without training,
     then load the weights and method state saved after that task."""
     for i in range(task_index + 1):
@@ -152,9 +171,10 @@ def restore_run(
         raise FileNotFoundError(f"{path} missing: not a migu run directory")
     data = yaml_load(path.read_text())
     data.pop("task_names", None)
+    data["regime"] = data.get("regime", "auto")
     plan = plan_run(build_run_config(data), run_dir, data_root)
-    if not 0 <= task_index < len(plan.tasks):
-        raise ValueError(f"task_index {task_index} out of range for {len(plan.tasks)} tasks")
+    if not 0 <= task_index < len(plan.task_names):
+        raise ValueError(f"task_index {task_index} out of range for {len(plan.task_names)} tasks")
     family, model = build_model(plan)
     model.eval()
     load_task_checkpoint(plan, family, model, task_index)
@@ -201,7 +221,7 @@ def execute(plan: Plan) -> RunResults:
 
 
 def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
-    cfg, run_dir, tasks, method = plan.config, plan.run_dir, plan.tasks, plan.method
+    cfg, run_dir, stages, method = plan.config, plan.run_dir, plan.stages, plan.method
     ckpt.atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
@@ -213,60 +233,67 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
         accelerator.init_trackers("tb")
     family, model = build_model(plan)
     model.to(accelerator.device)
+    n = len(stages.names)
+
+    def save() -> None:
+        if accelerator.is_main_process:
+            ckpt.write_state(run_dir, state)
 
     if state is None:
         state = ckpt.RunState(config_hash=ckpt.config_hash(plan.resolved))
+        state.matrices = {m: [] for m in stages.metrics}
+        save()
         if cfg.eval_baseline:
-            state.baseline, state.baseline_f1 = evaluate(
-                model, family, tasks, cfg.train.eval_batch_size, desc="eval untrained"
-            )
-        ckpt.write_state(run_dir, state)
-    else:
-        done = state.completed
-        log.info("resuming %s after task %d of %d", run_dir, done, len(tasks))
-        if done:
-            load_task_checkpoint(plan, family, model, done - 1)
+            scores = stages.score(None, accelerator, state.progress, save)
+            state.baselines = {m: list(v) for m, v in scores.items()}  # type: ignore[misc]
+            save()
+    elif state.trained:
+        log.info("resuming %s after stage %d of %d", run_dir, state.trained, n)
+        load_task_checkpoint(plan, family, model, state.trained - 1)
+    elif cfg.eval_baseline and state.baselines is None:  # killed while scoring the untrained model
+        scores = stages.score(None, accelerator, state.progress, save)
+        state.baselines = {m: list(v) for m, v in scores.items()}  # type: ignore[misc]
+        save()
 
     start = time.perf_counter()
-    for i in range(state.completed, len(tasks)):
-        task = tasks[i]
-        seed = _task_seed(cfg.seed, i)
-        ctx = task_context(plan, family, model, i, accelerator.device)
-        method.on_task_start(ctx)
-        examples = method.training_examples(ctx, random.Random(seed))
-        result = train_task(accelerator, ctx, family, method, examples, cfg.train, seed, plan.migu)
-        method.on_task_end(ctx)
-        t0 = time.perf_counter()
-        accs, f1s = evaluate(model, family, tasks, cfg.train.eval_batch_size, desc=f"eval after {task.name}")
-        log.info(
-            "after %s: %s",
-            task.name,
-            " ".join(f"{t.name}={100 * a:.1f}" for t, a in zip(tasks, accs, strict=True)),
-        )
-        if accelerator.is_main_process:
-            ckpt.save_checkpoint(
-                run_dir, i, accelerator.unwrap_model(model), method.state_dict(), method.state_tensors()
+    for i in range(state.completed, n):
+        if state.trained == i:  # else: trained and checkpointed before a crash, only scoring is left
+            seed = _task_seed(cfg.seed, i)
+            ctx = task_context(plan, family, model, i, accelerator.device)
+            method.on_task_start(ctx)
+            examples = method.training_examples(ctx, random.Random(seed))
+            result = train_task(
+                accelerator, ctx, family, method, examples, stages.train_config(i), seed, plan.migu
             )
-        state.matrix.append(accs)
-        state.f1.append(f1s)
-        state.timings.append(
-            {
-                "task": task.name,
-                "train_seconds": result.seconds,
-                "steps": result.steps,
-                "train_rows": len(examples),
-                "eval_seconds": time.perf_counter() - t0,
-                "final_loss": result.final_loss,
-                "loss_terms": result.loss_terms,
-            }
-        )
+            method.on_task_end(ctx)
+            if accelerator.is_main_process:
+                ckpt.save_checkpoint(
+                    run_dir, i, accelerator.unwrap_model(model), method.state_dict(), method.state_tensors()
+                )
+            state.trained = i + 1
+            state.timings.append(
+                {
+                    "task": stages.names[i],
+                    "train_seconds": result.seconds,
+                    "steps": result.steps,
+                    "train_rows": len(examples),
+                    "final_loss": result.final_loss,
+                    "loss_terms": result.loss_terms,
+                }
+            )
+            save()
+        t0 = time.perf_counter()
+        row = stages.score(i, accelerator, state.progress, save)
+        for m in stages.metrics:
+            state.matrices[m].append(row[m])
+        state.timings[i]["eval_seconds"] = time.perf_counter() - t0
+        state.progress = {k: v for k, v in state.progress.items() if not k.startswith(f"{i}:")}
         state.completed = i + 1
         state.wall_seconds += time.perf_counter() - start
         start = time.perf_counter()
-        if accelerator.is_main_process:
-            ckpt.write_state(run_dir, state)
-            if not cfg.keep_checkpoints:
-                ckpt.prune_checkpoints(run_dir, i)
+        save()
+        if accelerator.is_main_process and not cfg.keep_checkpoints:
+            ckpt.prune_checkpoints(run_dir, i)
     accelerator.end_training()
     results = build_results(plan, state)
     if accelerator.is_main_process:
@@ -276,22 +303,23 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
 
 def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
     """results.json content from the run state."""
-    complete = state.completed == len(plan.tasks)
+    stages = plan.stages
+    complete = state.completed == len(stages.names)
     return RunResults(
         name=plan.config.name,
         method=plan.method.name,
         method_options=plan.method.options,
         migu=plan.resolved["migu"],
         seed=plan.config.seed,
-        tasks=plan.task_names,
+        tasks=stages.names,
         complete=complete,
-        matrix=state.matrix,
-        f1_matrix=state.f1,
-        baseline=state.baseline,
-        baseline_f1=state.baseline_f1,
-        metrics=summarize(state.matrix, state.baseline) if complete else {},
-        final_macro_f1=state.f1[-1] if complete else None,
-        per_task={t.name: t.info for t in plan.tasks},
+        matrices=state.matrices,
+        regime=stages.regime,
+        primary=stages.primary,
+        stages=stages.names[: state.completed],
+        baselines=state.baselines,
+        metrics=stages.summary(state.matrices, state.baselines) if complete else {},
+        per_task=stages.info(),
         timings=state.timings,
         wall_seconds=state.wall_seconds,
         versions=_versions(),

@@ -1,0 +1,260 @@
+"""What differs between the paper's settings, and only that: what a stage of the order trains on,
+and how the model is scored after it (the protocol). The loop, optimizer, MIGU, method hooks,
+checkpoints and resume are the runner's, shared by every regime.
+
+- ``finetune`` (continual finetuning, orders 1-6): a stage is a labelled task; after each, every
+  task's test rows are scored by option ranking or generation: ``acc`` and ``f1`` matrices.
+- ``pretrain`` (continual pre-training, order 7, ContinualLM's protocol): a stage is MLM on a
+  domain corpus; after each (or after the last only), each seen domain's end task is finetuned
+  from a copy of the post-trained encoder with a new head and scored: ``mf1`` and ``acc``
+  matrices, summarized as final (last row), forward (diagonal) and forgetting (diagonal minus
+  last row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from accelerate import Accelerator
+
+from ..benchmarks import TaskData, get_domain
+from ..benchmarks.corpus import Blocks, DomainData, corpus_blocks
+from ..methods import FT, TaskContext
+from ..metrics import accuracy, diagonal_forgetting, f1, mean_diagonal, mean_last_row, summarize
+from ..models import MaskedLMFamily, ModelFamily, build_family, build_mlm_family
+from .config import RunConfig, TrainConfig
+from .loop import evaluate, train_task
+
+log = logging.getLogger(__name__)
+
+Row = list[float | None]
+Matrices = dict[str, list[Row]]
+Baselines = dict[str, list[float]] | None
+SaveProgress = Callable[[], None]
+
+
+def label_space(tasks: Sequence[TaskData]) -> list[str]:
+    """Union of every task's label strings, in order of first appearance (one shared head)."""
+    seen: dict[str, None] = {}
+    for t in tasks:
+        for label in t.labels:
+            seen.setdefault(label, None)
+    return list(seen)
+
+
+class Stages(ABC):
+    """The stages of one run and their scoring protocol."""
+
+    regime: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]  # matrix names, the primary first
+
+    def __init__(self, config: RunConfig, names: Sequence[str]) -> None:
+        self.config = config
+        self.names = list(names)  # stage names = matrix columns, in training order
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    @abstractmethod
+    def build(self) -> Any:
+        """Load the model family the stages train (seeded by the caller)."""
+
+    @abstractmethod
+    def train_rows(self, i: int) -> Sequence[Any]:
+        """What stage ``i`` trains on (before the method adds anything)."""
+
+    def train_config(self, i: int) -> TrainConfig:
+        """The optimisation recipe of stage ``i``."""
+        return self.config.train
+
+    @abstractmethod
+    def score(
+        self, i: int | None, accelerator: Accelerator, progress: dict[str, Any], save: SaveProgress
+    ) -> dict[str, Row]:
+        """Row ``i`` of every metric's matrix (``i`` None: the untrained model's baseline). Long
+        protocols record finished parts in ``progress`` and call ``save`` so a resumed run goes on
+        from there."""
+
+    @abstractmethod
+    def summary(
+        self, matrices: dict[str, list[Row]], baselines: dict[str, list[float]] | None
+    ) -> dict[str, Any]:
+        """The regime's summary numbers of a complete run."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Where each stage's rows came from (results ``per_task``)."""
+
+
+class FinetuneStages(Stages):
+    """Labelled tasks in order; every task's test rows scored after each (the accuracy matrix)."""
+
+    regime = "finetune"
+    metrics = ("acc", "f1")
+
+    def __init__(self, config: RunConfig, tasks: Sequence[TaskData]) -> None:
+        super().__init__(config, [t.name for t in tasks])
+        self.tasks = list(tasks)
+        self.family: ModelFamily | None = None
+
+    def build(self) -> ModelFamily:
+        self.family = build_family(self.config.model, label_space(self.tasks))
+        return self.family
+
+    def train_rows(self, i: int) -> Sequence[Any]:
+        return self.tasks[i].train
+
+    def score(
+        self, i: int | None, accelerator: Accelerator, progress: dict[str, Any], save: SaveProgress
+    ) -> dict[str, Row]:
+        assert self.family is not None
+        desc = "eval untrained" if i is None else f"eval after {self.names[i]}"
+        accs, f1s = evaluate(
+            self.family.model, self.family, self.tasks, self.config.train.eval_batch_size, desc
+        )
+        if i is not None:
+            log.info(
+                "after %s: %s",
+                self.names[i],
+                " ".join(f"{n}={100 * a:.1f}" for n, a in zip(self.names, accs, strict=True)),
+            )
+        return {"acc": list(accs), "f1": list(f1s)}
+
+    def summary(
+        self, matrices: dict[str, list[Row]], baselines: dict[str, list[float]] | None
+    ) -> dict[str, Any]:
+        return summarize(matrices["acc"], (baselines or {}).get("acc"))  # type: ignore[arg-type]
+
+    def info(self) -> dict[str, Any]:
+        return {t.name: t.info for t in self.tasks}
+
+
+class PretrainStages(Stages):
+    """MLM on domain corpora in order; end tasks finetuned from copies after each (ContinualLM)."""
+
+    regime = "pretrain"
+    metrics = ("mf1", "acc")
+
+    def __init__(self, config: RunConfig, domains: Sequence[DomainData]) -> None:
+        super().__init__(config, [d.name for d in domains])
+        self.domains = list(domains)
+        self.family: MaskedLMFamily | None = None
+        self.blocks: list[Blocks] = []
+
+    def build(self) -> MaskedLMFamily:
+        pre = self.config.pretrain
+        self.family = build_mlm_family(self.config.model, pre.mlm_probability)
+        # every corpus blocked now, so a corpus shorter than one block fails before any training
+        self.blocks = [
+            corpus_blocks(d, self.family.tokenizer, pre.block_size, pre.cache_dir) for d in self.domains
+        ]
+        return self.family
+
+    def train_rows(self, i: int) -> Sequence[Any]:
+        return self.blocks[i].rows()
+
+    def train_config(self, i: int) -> TrainConfig:
+        cfg = self.config.train
+        steps = self.config.pretrain.steps(cfg.batch_size, cfg.grad_accum)
+        if steps is None:
+            return cfg
+        per_epoch = math.ceil(math.ceil(len(self.blocks[i]) / cfg.batch_size) / cfg.grad_accum)
+        return dataclasses.replace(cfg, epochs=float(math.ceil(steps / per_epoch)), max_steps_per_task=steps)
+
+    def score(
+        self, i: int | None, accelerator: Accelerator, progress: dict[str, Any], save: SaveProgress
+    ) -> dict[str, Row]:
+        n = len(self.domains)
+        if i is not None and self.config.pretrain.evaluate == "last" and i < n - 1:
+            return {m: [None] * n for m in self.metrics}  # scored after the last domain only
+        seen = range(n) if i is None else range(i + 1)  # baseline: every end task from the unadapted model
+        row: dict[str, Row] = {m: [None] * n for m in self.metrics}
+        for j in seen:
+            key = f"{'base' if i is None else i}:{j}"
+            if key not in progress:
+                progress[key] = self._end_task(j, stage=-1 if i is None else i, accelerator=accelerator)
+                save()
+            for m in self.metrics:
+                row[m][j] = progress[key][m]
+        if i is not None:
+            log.info(
+                "after %s: %s",
+                self.names[i],
+                " ".join(
+                    f"{self.names[j]} mf1={100 * row['mf1'][j]:.1f} acc={100 * row['acc'][j]:.1f}"
+                    for j in seen
+                ),
+            )
+        return row
+
+    def _end_task(self, j: int, stage: int, accelerator: Accelerator) -> dict[str, float]:
+        """Finetune domain ``j``'s end task from a copy of the current encoder; score its test rows."""
+        assert self.family is not None
+        domain, end = self.domains[j], self.config.pretrain.end_task
+        task = domain.end_task
+        model_cfg = dataclasses.replace(self.config.model, max_length=end.max_length)
+        fam = self.family.end_task_family(task.labels, model_cfg)
+        epochs = end.epochs if end.epochs is not None else get_domain(domain.name).end_task.epochs
+        train_cfg = dataclasses.replace(
+            self.config.train,
+            epochs=epochs,
+            batch_size=end.batch_size,
+            grad_accum=1,
+            lr=end.lr,
+            weight_decay=end.weight_decay,
+            schedule=end.schedule,
+            warmup_ratio=end.warmup_ratio,
+            max_grad_norm=end.max_grad_norm,
+            eval_batch_size=end.eval_batch_size,
+            max_steps_per_task=end.max_steps,
+        )
+        seed = self.config.seed * 1000 + 500 + 10 * (stage + 1) + j  # one stream per (stage, end task)
+        ctx = TaskContext(
+            model=fam.model,
+            task_index=0,
+            task_name=task.name,
+            examples=task.train,
+            forward=fam.forward,
+            collate=fam.collate,
+            device=accelerator.device,
+            batch_size=end.batch_size,
+        )
+        t0 = time.perf_counter()
+        result = train_task(accelerator, ctx, fam, FT(), task.train, train_cfg, seed, None)
+        preds = fam.predict(fam.model, task.test, batch_size=end.eval_batch_size)
+        gold = [ex.label for ex in task.test]
+        average = "micro" if domain.end_spec.metric == "micro_f1" else "macro"
+        out = {
+            "mf1": f1(preds, gold, classes=list(task.labels), average=average),
+            "acc": accuracy(preds, gold),
+            "steps": result.steps,
+            "seconds": time.perf_counter() - t0,
+        }
+        del fam, ctx  # the copy is freed before the next end task
+        return out
+
+    def summary(
+        self, matrices: dict[str, list[Row]], baselines: dict[str, list[float]] | None
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in self.metrics:
+            r = matrices[m]
+            out[f"final_{m}"] = mean_last_row(r)
+            out[f"forward_{m}"] = mean_diagonal(r)
+            out[f"forgetting_{m}"] = diagonal_forgetting(r)
+            if baselines and m in baselines:
+                out[f"untrained_{m}"] = sum(baselines[m]) / len(baselines[m])
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {
+            d.name: {**d.info, "end_task": d.end_task.info, "blocks": len(b)}
+            for d, b in zip(self.domains, self.blocks, strict=False)
+        }
