@@ -66,3 +66,34 @@ REAL_ROOT = _real_root()
 needs_real_data = pytest.mark.skipif(
     REAL_ROOT is None, reason="real CL_Benchmark not found (set MIGU_DATA or add ../shared/data)"
 )
+
+
+# --- continual pre-training: a DAS-layout data root (ContinualLM's corpus paths) ------------------
+DAS_CORPUS = {"restaurant": "yelp_restaurant.txt", "acl": "acl_anthology.txt", "ai": "ai_corpus.txt"}
+_DAS_WORDS = {
+    "restaurant": ["food", "table", "waiter", "menu", "dinner"],
+    "acl": ["parser", "corpus", "tagger", "syntax", "lexicon"],
+    "ai": ["agent", "planner", "search", "robot", "reward"],
+}
+DAS_LABELS = ["negative", "positive"]
+
+
+def write_das(
+    root: Path, domains: Sequence[str] = ("restaurant", "acl"), docs: int = 40, n: int = 16
+) -> Path:
+    """Corpora (one document per line) and JSONL end tasks in the layout domains.yaml expects."""
+    for d in domains:
+        words = _DAS_WORDS[d]
+        lines = [" ".join(words[(i + k) % len(words)] for k in range(12)) for i in range(docs)]
+        path = root / DAS_CORPUS[d]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        end = root / "end_tasks" / d
+        end.mkdir(parents=True, exist_ok=True)
+        for split, count in (("train", n), ("test", n // 2)):
+            rows = [
+                {"text": f"{words[i % 5]} is {'good' if i % 2 else 'bad'}", "label": DAS_LABELS[i % 2]}
+                for i in range(count)
+            ]
+            (end / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

@@ -23,7 +23,13 @@ TINY_BERT = tiny_config("bert", intermediate_size=64, max_position_embeddings=64
 
 def run_results(method: str = "ft", migu: dict[str, Any] | None = None, **fields: Any) -> RunResults:
     """A RunResults with just what a test sets (one unfinished task by default)."""
-    base: dict[str, Any] = {"name": "r", "seed": 0, "tasks": ["t"], "complete": False, "matrices": {"acc": []}}
+    base: dict[str, Any] = {
+        "name": "r",
+        "seed": 0,
+        "tasks": ["t"],
+        "complete": False,
+        "matrices": {"acc": []},
+    }
     return RunResults(method=method, migu=migu, **{**base, **fields})
 
 

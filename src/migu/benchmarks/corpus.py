@@ -66,6 +66,7 @@ class DomainData:
     end_task: TaskData
     end_spec: EndTaskSpec
     info: dict[str, Any] = field(default_factory=dict)
+    source_files: list[Path] = field(default_factory=list)  # end-task / carved-corpus files read
 
     @property
     def fingerprint(self) -> str:
@@ -102,6 +103,15 @@ class Blocks:
 
 
 # ---------------------------------------------------------------------------- reading + checks
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (read in 1 MB chunks)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _hash_utf8(path: Path) -> CorpusFile:
     """sha256 of a file, checking on the way that it is non-empty UTF-8 (one pass)."""
     if not path.is_file():
@@ -262,7 +272,20 @@ def load_domain(name: str, root: str | os.PathLike[str], seed: int = 42) -> Doma
         info = {"files": [{"path": str(f.path), "bytes": f.bytes, "sha256": f.sha256} for f in files]}
     data = DomainData(spec.name, files, texts, corpus.format, corpus.text_field, end, spec.end_task, info)
     data.info["fingerprint"] = data.fingerprint
+    data.source_files = _source_files(spec, root)
     return data
+
+
+def _source_files(spec: DomainSpec, root: Path) -> list[Path]:
+    """The labelled files a domain reads besides its corpus files (end task, carved corpus source)."""
+    out: list[Path] = []
+    for task in {spec.corpus.from_task, spec.end_task.task} - {None}:
+        d = root / get_task(str(task)).path
+        out += [d / f for f in ("labels.json", *(f"{s}.json" for s in SPLITS)) if (d / f).is_file()]
+    if spec.end_task.path is not None:
+        d = root / spec.end_task.path
+        out += sorted(p for p in d.iterdir() if p.suffix in (".json", ".jsonl")) if d.is_dir() else []
+    return out
 
 
 def check_domains(names: Sequence[str], root: str | os.PathLike[str]) -> None:

@@ -128,6 +128,7 @@ class RunState:
     progress: dict[str, Any] = field(default_factory=dict)  # finished parts of a long scoring protocol
     timings: list[dict[str, Any]] = field(default_factory=list)  # per finished stage
     wall_seconds: float = 0.0
+    data: dict[str, str] = field(default_factory=dict)  # every data file read -> sha256
 
 
 def read_state(run_dir: Path) -> RunState | None:

@@ -5,6 +5,7 @@ last finished stage when re-run."""
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import random
 import time
@@ -198,7 +199,32 @@ def _check_run_dir(plan: Plan) -> ckpt.RunState | None:
             f"(hash {state.config_hash} != {digest}); use another --out to start a new run "
             "(nothing was changed)"
         )
+    changed = _changed_data(state.data, data_files(plan))
+    if changed:
+        raise ConfigError(
+            f"{plan.run_dir}: the data changed since this run started, so a resume would mix two datasets: "
+            + "; ".join(changed)
+            + ". Restore the files it used, or start a new --out (nothing was changed)"
+        )
     return state
+
+
+def _changed_data(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """What differs between the data files a run started with and those it would read now (paths
+    relative to the data root: a moved copy with equal bytes is the same data)."""
+    if not before:
+        return []
+    both = sorted(before.keys() & now.keys())
+    out = [f"{p} (sha256 {before[p][:12]} -> {now[p][:12]})" for p in both if before[p] != now[p]]
+    out += [f"{p} no longer read" for p in sorted(before.keys() - now.keys())]
+    out += [f"{p} newly read" for p in sorted(now.keys() - before.keys())]
+    return out
+
+
+def data_files(plan: Plan) -> dict[str, str]:
+    """{path relative to the data root: sha256} of every data file the run reads."""
+    root = Path(plan.resolved["data_root"])
+    return {os.path.relpath(p, root): h for p, h in plan.stages.data_files().items()}
 
 
 def _task_seed(seed: int, task_index: int) -> int:
@@ -240,7 +266,7 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
             ckpt.write_state(run_dir, state)
 
     if state is None:
-        state = ckpt.RunState(config_hash=ckpt.config_hash(plan.resolved))
+        state = ckpt.RunState(config_hash=ckpt.config_hash(plan.resolved), data=data_files(plan))
         state.matrices = {m: [] for m in stages.metrics}
         save()
         if cfg.eval_baseline:

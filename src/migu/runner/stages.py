@@ -19,12 +19,14 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 
 from ..benchmarks import TaskData, get_domain
-from ..benchmarks.corpus import Blocks, DomainData, corpus_blocks
+from ..benchmarks.corpus import Blocks, DomainData, corpus_blocks, file_sha256
 from ..methods import FT, TaskContext
 from ..metrics import accuracy, diagonal_forgetting, f1, mean_diagonal, mean_last_row, summarize
 from ..models import MaskedLMFamily, ModelFamily, build_family, build_mlm_family
@@ -92,6 +94,10 @@ class Stages(ABC):
     def info(self) -> dict[str, Any]:
         """Where each stage's rows came from (results ``per_task``)."""
 
+    @abstractmethod
+    def data_files(self) -> dict[str, str]:
+        """{path of every data file the run reads: its sha256}: a resume on changed data is refused."""
+
 
 class FinetuneStages(Stages):
     """Labelled tasks in order; every task's test rows scored after each (the accuracy matrix)."""
@@ -134,6 +140,14 @@ class FinetuneStages(Stages):
 
     def info(self) -> dict[str, Any]:
         return {t.name: t.info for t in self.tasks}
+
+    def data_files(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for t in self.tasks:
+            d = Path(t.info["root"]) / t.info["path"]
+            for name in ("labels.json", t.info["train"]["source"], t.info["test"]["source"]):
+                out[str(d / name)] = file_sha256(d / name)
+        return out
 
 
 class PretrainStages(Stages):
@@ -200,6 +214,8 @@ class PretrainStages(Stages):
         domain, end = self.domains[j], self.config.pretrain.end_task
         task = domain.end_task
         model_cfg = dataclasses.replace(self.config.model, max_length=end.max_length)
+        seed = self.config.seed * 1000 + 500 + 10 * (stage + 1) + j  # one stream per (stage, end task)
+        set_seed(seed)  # the new head's initialisation too: the same after a resume
         fam = self.family.end_task_family(task.labels, model_cfg)
         epochs = end.epochs if end.epochs is not None else get_domain(domain.name).end_task.epochs
         train_cfg = dataclasses.replace(
@@ -215,7 +231,6 @@ class PretrainStages(Stages):
             eval_batch_size=end.eval_batch_size,
             max_steps_per_task=end.max_steps,
         )
-        seed = self.config.seed * 1000 + 500 + 10 * (stage + 1) + j  # one stream per (stage, end task)
         ctx = TaskContext(
             model=fam.model,
             task_index=0,
@@ -251,6 +266,14 @@ class PretrainStages(Stages):
             out[f"forgetting_{m}"] = diagonal_forgetting(r)
             if baselines and m in baselines:
                 out[f"untrained_{m}"] = sum(baselines[m]) / len(baselines[m])
+        return out
+
+    def data_files(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for d in self.domains:
+            out.update({str(f.path): f.sha256 for f in d.files})
+            for path in d.source_files:
+                out[str(path)] = file_sha256(path)
         return out
 
     def info(self) -> dict[str, Any]:

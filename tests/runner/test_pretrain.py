@@ -1,0 +1,183 @@
+"""Continual pre-training through the runner: MLM stages, end-task protocol, matrices, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.data import write_das
+from support.models import TINY_VOCAB, save_tiny_tokenizer, tiny_config
+
+from migu.metrics import diagonal_forgetting, mean_diagonal, mean_last_row
+from migu.runner import loop as loop_mod
+from migu.runner import stages as stages_mod
+from migu.runner.config import ConfigError, RunConfig, build_run_config
+from migu.runner.run import run
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(save_tiny_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def _config(root: Path, tok_dir: str, cache: Path, **over: Any) -> RunConfig:
+    data: dict[str, Any] = {
+        "name": "tiny_pretrain",
+        "seed": 5,
+        "tasks": ["restaurant", "acl"],
+        "data_root": str(root),
+        "model": {"name": "minilm", "random_init": tiny_config("bert", TINY_VOCAB), "tokenizer": tok_dir},
+        "method": {"name": "ft"},
+        "migu": {"threshold": 0.5},
+        "train": {"batch_size": 4, "lr": 1e-3, "log_every": 100},
+        "pretrain": {
+            "steps_per_domain": 3,
+            "block_size": 16,
+            "cache_dir": str(cache),
+            "end_task": {"batch_size": 4, "epochs": 1, "lr": 1e-3, "max_length": 24},
+        },
+    }
+    for k, v in over.items():
+        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+    return build_run_config(data)
+
+
+def test_progressive_summaries_by_hand() -> None:
+    r = [[0.5, None, None], [0.4, 0.6, None], [0.3, 0.5, 0.9]]
+    assert mean_last_row(r) == pytest.approx((0.3 + 0.5 + 0.9) / 3)
+    assert mean_diagonal(r) == pytest.approx((0.5 + 0.6 + 0.9) / 3)
+    assert diagonal_forgetting(r) == pytest.approx(((0.5 - 0.3) + (0.6 - 0.5)) / 2)
+    last_only = [[None] * 3, [None] * 3, [0.3, 0.5, 0.9]]
+    assert mean_diagonal(last_only) is None and diagonal_forgetting(last_only) is None
+    assert mean_last_row(last_only) == pytest.approx(1.7 / 3)
+
+
+def test_pretrain_run_fills_the_progressive_matrices(tmp_path: Path, tok_dir: str) -> None:
+    root = write_das(tmp_path / "das")
+    res = run(_config(root, tok_dir, tmp_path / "cache"), tmp_path / "run")
+    assert res.complete and res.regime == "pretrain" and res.primary == "mf1"
+    assert res.tasks == ["restaurant", "acl"] and res.stages == ["restaurant", "acl"]
+    for m in ("mf1", "acc"):
+        r = res.matrices[m]
+        assert r[0][1] is None and all(v is not None for v in (r[0][0], r[1][0], r[1][1]))  # j <= i only
+        assert res.metrics[f"final_{m}"] == pytest.approx(mean_last_row(r))
+        assert res.metrics[f"forward_{m}"] == pytest.approx(mean_diagonal(r))
+        assert res.metrics[f"forgetting_{m}"] == pytest.approx(diagonal_forgetting(r))
+        assert len(res.baselines[m]) == 2  # end tasks finetuned from the unadapted model
+    assert res.timings[0]["steps"] == 3  # steps_per_domain
+    info = res.per_task["restaurant"]
+    assert info["blocks"] > 0 and info["files"][0]["path"].endswith("yelp_restaurant.txt")
+    saved = json.loads((tmp_path / "run/results.json").read_text())
+    assert saved["matrices"]["mf1"][0][1] is None  # strict JSON null
+
+
+def test_evaluate_last_scores_after_the_last_domain_only(tmp_path: Path, tok_dir: str) -> None:
+    root = write_das(tmp_path / "das")
+    cfg = _config(root, tok_dir, tmp_path / "cache", pretrain={"evaluate": "last"}, eval_baseline=False)
+    res = run(cfg, tmp_path / "run")
+    assert res.matrices["mf1"][0] == [None, None] and None not in res.matrices["mf1"][1]
+    assert res.metrics["forward_mf1"] is None and res.metrics["final_mf1"] is not None
+
+
+def test_resume_mid_domain_and_mid_end_task_gives_the_same_matrices(
+    tmp_path: Path, tok_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_das(tmp_path / "das")
+    cfg = _config(root, tok_dir, tmp_path / "cache")
+    full = run(cfg, tmp_path / "full")
+
+    real_train, real_end = loop_mod.train_task, stages_mod.PretrainStages._end_task
+
+    def crash_in_domain_2(*args: Any, **kwargs: Any) -> Any:
+        if args[1].task_name == "acl":
+            raise KeyboardInterrupt("killed in the MLM stage of domain 2")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("migu.runner.run.train_task", crash_in_domain_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "mid_domain")
+    monkeypatch.setattr("migu.runner.run.train_task", real_train)
+    assert run(cfg, tmp_path / "mid_domain").matrices == full.matrices
+
+    calls: list[tuple[int, int]] = []
+
+    def crash_in_second_end_task(self: Any, j: int, stage: int, accelerator: Any) -> Any:
+        calls.append((stage, j))
+        if (stage, j) == (1, 1):
+            raise KeyboardInterrupt("killed while finetuning end task 2 after domain 2")
+        return real_end(self, j, stage, accelerator)
+
+    monkeypatch.setattr(stages_mod.PretrainStages, "_end_task", crash_in_second_end_task)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "mid_end_task")
+    state = json.loads((tmp_path / "mid_end_task/run_state.json").read_text())
+    assert state["trained"] == 2 and state["completed"] == 1 and "1:0" in state["progress"]
+    monkeypatch.setattr(stages_mod.PretrainStages, "_end_task", real_end)
+    calls.clear()
+    resumed = run(cfg, tmp_path / "mid_end_task")
+    assert resumed.matrices == full.matrices and resumed.baselines == full.baselines
+
+
+def test_a_changed_corpus_is_refused_on_resume(
+    tmp_path: Path, tok_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_das(tmp_path / "das")
+    cfg = _config(root, tok_dir, tmp_path / "cache")
+    real_train = loop_mod.train_task
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        if args[1].task_name == "acl":
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("migu.runner.run.train_task", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "run")
+    monkeypatch.setattr("migu.runner.run.train_task", real_train)
+    (root / "acl_anthology.txt").write_text("parser corpus\n" * 50)
+    before = (tmp_path / "run/run_state.json").read_text()
+    with pytest.raises(
+        ConfigError, match=r"the data changed since this run started.*acl_anthology\.txt \(sha256"
+    ):
+        run(cfg, tmp_path / "run")
+    assert (tmp_path / "run/run_state.json").read_text() == before  # nothing written
+
+
+def test_bad_pretrain_inputs_fail_before_training(tmp_path: Path, tok_dir: str) -> None:
+    root = write_das(tmp_path / "das")
+    with pytest.raises(KeyError, match="unknown order 'order77'"):
+        run(_config(root, tok_dir, tmp_path / "c", tasks=None, order="order77"), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"domain 'ai': corpus file .*ai_corpus\.txt not found"):
+        run(_config(root, tok_dir, tmp_path / "c", tasks=["restaurant", "ai"]), tmp_path / "b")
+    with pytest.raises(ConfigError, match="method 'olora' does not run in the pretrain regime"):
+        run(_config(root, tok_dir, tmp_path / "c", method={"name": "olora"}), tmp_path / "d")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+    with pytest.raises(ConfigError, match="pretrain: give steps_per_domain or samples_per_domain, not both"):
+        _config(root, tok_dir, tmp_path / "c", pretrain={"samples_per_domain": 100})
+
+
+@pytest.mark.slow
+def test_the_cpu_proxy_runs_at_a_tiny_size_on_real_data(tmp_path: Path) -> None:
+    """configs/cpu/das_proxy.yaml with MiniLM on the real CL_Benchmark, cut to a few steps."""
+    from support.data import REAL_ROOT
+
+    from migu.runner.config import load_config
+
+    if REAL_ROOT is None:
+        pytest.skip("real CL_Benchmark not found")
+    overrides = [
+        "pretrain.steps_per_domain=1",
+        "pretrain.end_task.max_steps=1",
+        f"pretrain.cache_dir={tmp_path / 'cache'}",
+        "eval_baseline=false",
+        "pretrain.evaluate=last",
+        "migu.threshold=0.7",
+    ]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/cpu/das_proxy.yaml", overrides)
+    res = run(cfg, tmp_path / "run", data_root=REAL_ROOT)
+    assert res.complete and res.tasks == ["proxy_reviews", "proxy_news", "proxy_encyclopedia"]
+    assert None not in res.matrices["mf1"][-1] and res.metrics["final_acc"] is not None
+    carved = res.per_task["proxy_news"]
+    assert carved["disjoint_from_end_task"] and carved["used"] == 3000 and carved["blocks"] > 1000
