@@ -1,10 +1,11 @@
-"""Task, domain and order registry, read once from the packaged ``tasks.yaml`` and ``domains.yaml``.
+"""Task, domain, instruction-set and order registry, read once from the packaged ``tasks.yaml``,
+``domains.yaml`` and ``instructions.yaml``.
 
 A task, a domain or an order is one YAML entry, so adding one never touches code. Lookups are
 case-insensitive and unknown names fail with close-match suggestions, because a typo in an
 order name should stop a run before any model is built. An order's ``regime`` says what its
-stages are: labelled tasks (``finetune``, tasks.yaml) or domain corpora (``pretrain``,
-domains.yaml).
+stages are: labelled tasks (``finetune``, tasks.yaml), domain corpora (``pretrain``,
+domains.yaml) or instruction sets (``instruct``, instructions.yaml).
 """
 
 from __future__ import annotations
@@ -70,6 +71,25 @@ class DomainSpec:
 
 
 @dataclass(frozen=True)
+class InstructionSetSpec:
+    """One instruction set: JSONL files under the data root, or a CL_Benchmark task as rows."""
+
+    name: str
+    description: str = ""
+    files: tuple[str, ...] = ()
+    format: Literal["instruction_response", "messages"] = "instruction_response"
+    instruction_field: str = "instruction"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    fraction: float = 1.0
+    eval_n: int = 0
+    from_task: str | None = None
+    train_n: int | None = None
+    test_n: int | None = None
+    eval: Literal["humaneval", "exact_match", "none"] = "exact_match"
+
+
+@dataclass(frozen=True)
 class OrderSpec:
     """A stage sequence: task (or domain) names in training order, what it is for, its regime."""
 
@@ -101,6 +121,10 @@ class UnknownOrderError(UnknownNameError):
 
 class UnknownDomainError(UnknownNameError):
     """No domain by that name."""
+
+
+class UnknownSetError(UnknownNameError):
+    """No instruction set by that name."""
 
 
 def _key(name: str) -> str:
@@ -200,23 +224,54 @@ def _parse_domains(
     return domains, _parse_orders(data, source, "domains", domains, "pretrain")
 
 
+def _parse_sets(
+    data: Any, source: str, tasks: Mapping[str, TaskSpec]
+) -> tuple[dict[str, InstructionSetSpec], dict[str, OrderSpec]]:
+    """Build and check the instruction-set registry; every inconsistency is a RegistryError."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("sets"), Mapping):
+        raise RegistryError(f"{source}: expected a mapping with 'sets' and 'orders'")
+    sets: dict[str, InstructionSetSpec] = {}
+    for raw_name, entry in data["sets"].items():
+        name = _key(str(raw_name))
+        where = f"{source}: set {raw_name!r}"
+        if not isinstance(entry, Mapping):
+            raise RegistryError(f"{where} must be a mapping")
+        spec = _section(InstructionSetSpec, {"name": name, **entry}, where)
+        if bool(spec.files) == bool(spec.from_task):
+            raise RegistryError(f"{where} needs exactly one of 'files' or 'from_task'")
+        if spec.from_task is not None and _key(spec.from_task) not in tasks:
+            raise RegistryError(f"{where} refers to unknown CL_Benchmark task {spec.from_task!r}")
+        if not 0.0 < spec.fraction <= 1.0:
+            raise RegistryError(f"{where}: fraction must be in (0, 1]")
+        if name in sets:
+            raise RegistryError(f"{where} is registered twice")
+        sets[name] = spec
+    return sets, _parse_orders(data, source, "sets", sets, "instruct")
+
+
 def _load(name: str) -> Any:
     return yaml.safe_load(resources.files("migu.benchmarks").joinpath(name).read_text(encoding="utf-8"))
 
 
 @cache
-def _registry() -> tuple[dict[str, TaskSpec], dict[str, DomainSpec], dict[str, OrderSpec]]:
+def _registry() -> tuple[
+    dict[str, TaskSpec], dict[str, DomainSpec], dict[str, OrderSpec], dict[str, InstructionSetSpec]
+]:
     tasks, orders = _parse(_load("tasks.yaml"), "migu/benchmarks/tasks.yaml")
     domains, domain_orders = _parse_domains(_load("domains.yaml"), "migu/benchmarks/domains.yaml", tasks)
-    clash = set(orders) & set(domain_orders)
-    if clash:
-        raise RegistryError(f"orders named in both tasks.yaml and domains.yaml: {sorted(clash)}")
-    return tasks, domains, {**orders, **domain_orders}
+    sets, set_orders = _parse_sets(_load("instructions.yaml"), "migu/benchmarks/instructions.yaml", tasks)
+    all_orders: dict[str, OrderSpec] = {}
+    for group in (orders, domain_orders, set_orders):
+        clash = set(all_orders) & set(group)
+        if clash:
+            raise RegistryError(f"orders registered twice across the registry files: {sorted(clash)}")
+        all_orders.update(group)
+    return tasks, domains, all_orders, sets
 
 
 def get_task(name: str) -> TaskSpec:
     """The task registered as ``name`` (case-insensitive); UnknownTaskError otherwise."""
-    tasks, domains, _ = _registry()
+    tasks, domains, _, _ = _registry()
     try:
         return tasks[_key(name)]
     except KeyError:
@@ -235,6 +290,20 @@ def get_domain(name: str) -> DomainSpec:
         return domains[_key(name)]
     except KeyError:
         raise UnknownDomainError(_unknown_message("domain", name, list(domains))) from None
+
+
+def get_set(name: str) -> InstructionSetSpec:
+    """The instruction set registered as ``name``; UnknownSetError otherwise."""
+    sets = _registry()[3]
+    try:
+        return sets[_key(name)]
+    except KeyError:
+        raise UnknownSetError(_unknown_message("instruction set", name, list(sets))) from None
+
+
+def list_sets() -> list[str]:
+    """Registered instruction-set names, in registry order."""
+    return list(_registry()[3])
 
 
 def get_order(name: str) -> OrderSpec:

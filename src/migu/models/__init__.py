@@ -7,9 +7,10 @@ returns a :class:`ModelFamily` with ``collate`` / ``loss`` / ``predict`` / ``spe
 from .base import ExampleLike, ModelFamily, fit_prompt, lora_targets_for
 from .config import HUB_ALIASES, ModelConfig, minilm_dir, resolve_model_name
 from .encoder import EncoderClassifier, EncoderFamily, LabelHead
-from .factory import build_family, build_mlm_family, detect_family
+from .factory import build_family, build_mlm_family, build_sft_family, detect_family
 from .generative import CausalFamily, GenerativeFamily, Seq2SeqFamily
 from .mlm import MaskedLM, MaskedLMFamily
+from .sft import SFTFamily
 from .spec import FamilyOutput, ModelSpec
 
 __all__ = [
@@ -26,9 +27,11 @@ __all__ = [
     "ModelConfig",
     "ModelFamily",
     "ModelSpec",
+    "SFTFamily",
     "Seq2SeqFamily",
     "build_family",
     "build_mlm_family",
+    "build_sft_family",
     "detect_family",
     "fit_prompt",
     "lora_targets_for",

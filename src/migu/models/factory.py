@@ -28,6 +28,7 @@ from .config import ModelConfig, resolve_model_name
 from .encoder import EncoderClassifier, EncoderFamily
 from .generative import CausalFamily, Seq2SeqFamily
 from .mlm import MaskedLM, MaskedLMFamily
+from .sft import SFTFamily
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +202,27 @@ def build_mlm_family(config: ModelConfig, mlm_probability: float = 0.15) -> Mask
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     return MaskedLMFamily(model, tokenizer, config, mlm_probability)
+
+
+def build_sft_family(config: ModelConfig, **options: Any) -> SFTFamily:
+    """Load (or randomly build) ``AutoModelForCausalLM`` for instruction tuning (``SFTFamily`` options:
+    template, overlong, packing)."""
+    hf_config = model_config(config)
+    family: FamilyName = detect_family(hf_config) if config.family == "auto" else config.family
+    if family != "causal":
+        raise ValueError(
+            f"instruction tuning needs a decoder-only causal LM; model.name={config.name!r} is {family} "
+            f"(model_type {hf_config.model_type!r})"
+        )
+    tokenizer = load_tokenizer(config)
+    vocab = getattr(hf_config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}")
+    model = _load_model(config, "causal", hf_config)
+    log.info(
+        "causal LM %s (%s, %.1fM params) for instruction tuning",
+        config.name if config.random_init is None else f"random {hf_config.model_type}",
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    return SFTFamily(model, tokenizer, config, **options)

@@ -40,7 +40,7 @@ def _token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
     return torch.log_softmax(picked, dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
 
 
-def _answer_output(logits: Tensor, targets: Tensor) -> FamilyOutput:
+def answer_output(logits: Tensor, targets: Tensor) -> FamilyOutput:
     """Token-weighted mean cross entropy over real targets (fp32), with the [N, V] fp32 logits of
     those N positions: the loss reads them anyway, so distillation gets them for free."""
     mask = targets != IGNORE
@@ -186,7 +186,7 @@ class Seq2SeqFamily(GenerativeFamily):
             labels=batch["labels"],
             decoder_attention_mask=batch["decoder_attention_mask"],
         )
-        return _answer_output(out.logits, batch["labels"])
+        return answer_output(out.logits, batch["labels"])
 
     def option_scores(
         self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32
@@ -299,7 +299,7 @@ class CausalFamily(GenerativeFamily):
     def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> FamilyOutput:
         batch = to_device(batch, model_device(model))
         logits = self._logits(model, batch)
-        return _answer_output(logits[:, :-1], batch["labels"][:, 1:])
+        return answer_output(logits[:, :-1], batch["labels"][:, 1:])
 
     def option_scores(
         self, model: nn.Module, examples: Sequence[ExampleLike], batch_size: int = 32

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,17 @@ class TaskTrainResult:
     seconds: float
     final_loss: float
     loss_terms: dict[str, float]
+    optimizer_state: dict[str, Any] | None = None  # for a next stage that continues this optimization
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A stage that continues the optimization of the stage before it (epochs of one instruction
+    set): the AdamW state to load, and where this stage sits on the whole schedule."""
+
+    optimizer_state: dict[str, Any] | None
+    start_step: int  # optimizer steps done by the earlier stages of the schedule
+    total_steps: int  # optimizer steps of the whole schedule (all its stages)
 
 
 def train_task(
@@ -52,9 +64,12 @@ def train_task(
     train_cfg: TrainConfig,
     seed: int,
     migu_config: MIGUConfig | None,
+    continuation: Continuation | None = None,
 ) -> TaskTrainResult:
     """Train ``task.model`` on ``examples`` (the method's rows for this task); returns step count,
-    time and the last losses."""
+    time and the last losses. With ``continuation`` the optimizer starts from the given state and
+    the learning-rate schedule from ``start_step`` of ``total_steps`` (a fresh optimizer and
+    schedule per task otherwise)."""
     model, task_index, task_name = task.model, task.task_index, task.task_name
     set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
     loader = DataLoader(
@@ -74,6 +89,8 @@ def train_task(
         weight_decay=train_cfg.weight_decay,
         impl=train_cfg.optimizer_impl,
     )
+    if continuation is not None and continuation.optimizer_state is not None:
+        optimizer.load_state_dict(continuation.optimizer_state)
     masker = attach(model, migu_config, optimizer) if migu_config is not None else None
     if masker is not None:
         masker.task_index = task_index
@@ -81,12 +98,18 @@ def train_task(
     total = math.ceil(train_cfg.epochs * math.ceil(len(loader) / train_cfg.grad_accum))
     if train_cfg.max_steps_per_task is not None:
         total = min(total, train_cfg.max_steps_per_task)
+    horizon = continuation.total_steps if continuation is not None else total
     scheduler = get_scheduler(
         _SCHEDULES[train_cfg.schedule],
         optimizer,
-        num_warmup_steps=int(train_cfg.warmup_ratio * total) * accelerator.num_processes,
-        num_training_steps=total * accelerator.num_processes,
+        num_warmup_steps=int(train_cfg.warmup_ratio * horizon) * accelerator.num_processes,
+        num_training_steps=horizon * accelerator.num_processes,
     )
+    if continuation is not None and continuation.start_step:
+        with warnings.catch_warnings():  # moving the schedule to where the earlier stages left it
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
+            for _ in range(continuation.start_step * accelerator.num_processes):
+                scheduler.step()
     scheduler = accelerator.prepare(scheduler)
 
     wrapped.train()
@@ -154,7 +177,9 @@ def train_task(
         last_loss,
         last_terms or "",
     )
-    return TaskTrainResult(steps=step, seconds=seconds, final_loss=last_loss, loss_terms=last_terms)
+    inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+    state = inner.state_dict() if continuation is not None else None
+    return TaskTrainResult(step, seconds, last_loss, last_terms, optimizer_state=state)
 
 
 @torch.no_grad()
