@@ -291,6 +291,13 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value
 
 
+def _nested_dataclass(hint: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), built from a mapping like a section."""
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    classes = [a for a in arms if is_dataclass(a) and isinstance(a, type)]
+    return classes[0] if len(classes) == 1 else None
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     """Dataclass ``cls`` from a mapping: unknown keys, wrong types and the class's own checks are
     ConfigErrors naming the dotted key."""
@@ -305,7 +312,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         hint = hints[key]
-        sub = _SECTIONS.get(key) if cls is RunConfig else None
+        sub = _SECTIONS.get(key) if cls is RunConfig else _nested_dataclass(hint)
         if sub is not None and value is not None:
             kwargs[key] = _build(sub, value, f"{where}{key}.")
             continue

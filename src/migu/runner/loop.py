@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +52,11 @@ def train_task(
     train_cfg: TrainConfig,
     seed: int,
     migu_config: MIGUConfig | None,
+    clusters: Mapping[str, torch.Tensor] | None = None,
 ) -> TaskTrainResult:
     """Train ``task.model`` on ``examples`` (the method's rows for this task); returns step count,
-    time and the last losses."""
+    time and the last losses. ``clusters``: MIGU+Cluster's assignments ({target name: [d_out]
+    cluster ids}, ``runner.clusters.task_clusters``), set on the masker."""
     model, task_index, task_name = task.model, task.task_index, task.task_name
     set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
     loader = DataLoader(
@@ -77,6 +79,8 @@ def train_task(
     masker = attach(model, migu_config, optimizer) if migu_config is not None else None
     if masker is not None:
         masker.task_index = task_index
+        if clusters:
+            masker.set_clusters(clusters)
     wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total = math.ceil(train_cfg.epochs * math.ceil(len(loader) / train_cfg.grad_accum))
     if train_cfg.max_steps_per_task is not None:
