@@ -67,10 +67,10 @@ class _Probe(TrainerCallback):
         )  # after MIGUCallback.on_train_end
 
 
-def _train(tmp_path, tiny_model, config: migu.MIGUConfig, optim: str, **extra: Any):
+def _train(tmp_path, tiny_model, config: migu.MIGUConfig, optim: str, clusters=None, **extra: Any):
     model = tiny_model("bert", head="seq-cls")
     hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    cb = migu.MIGUCallback(config)
+    cb = migu.MIGUCallback(config, clusters=clusters)
     probe = _Probe(cb)
     settings: dict[str, Any] = {
         "output_dir": str(tmp_path),
@@ -121,4 +121,19 @@ def test_callback_strict_mode_with_adamw(tmp_path, tiny_model) -> None:
         learning_rate=0.01,
     )
     assert len(probe.steps) == 2 and all(s.get("checked") for s in probe.steps)
+    assert cb.masker is None
+
+
+def test_callback_with_clusters_masks_whole_clusters(tmp_path, tiny_model) -> None:
+    """MIGU+Cluster (issue 15) through the callback: its clusters are set at train start."""
+    config = migu.MIGUConfig(threshold=0.5, cluster={"n_clusters": 4, "partial": "drop"})
+    probe_masker = migu.attach(tiny_model("bert", head="seq-cls"), config)  # the same seeded weights
+    clusters = migu.engine.weight_clusters(probe_masker, 4, seed=0, n_init=1)
+    probe_masker.detach()
+    _, cb, probe, _ = _train(tmp_path, tiny_model, config, optim="sgd", clusters=clusters, max_grad_norm=0.0)
+    assert len(probe.steps) == 2 and all(s.get("checked") for s in probe.steps)
+    for step in probe.steps:
+        for name, keep in step["masks"].items():
+            ids = clusters[name]
+            assert all(keep[ids == c].unique().numel() == 1 for c in ids.unique()), name
     assert cb.masker is None

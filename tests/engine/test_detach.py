@@ -141,3 +141,23 @@ def test_apply_on_a_hf_model_does_not_sync(no_host_sync, tiny_model, make_batch)
     with no_host_sync:
         masks = masker.apply()
     assert len(masks) == 12
+
+
+@pytest.mark.parametrize("partial", ["fill", "drop", "whole"])
+def test_cluster_apply_does_not_sync(no_host_sync, partial: str) -> None:
+    """MIGU+Cluster (issue 15): the cluster cut is fixed-shape tensor work too (strict mode's saves too)."""
+    model = ToyLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    config = migu.MIGUConfig(threshold=0.5, mode="strict", cluster={"partial": partial})
+    masker = migu.attach(model, config, optimizer=opt)
+    g = torch.Generator().manual_seed(0)
+    masker.set_clusters({t.name: torch.randint(0, 3, (t.d_out,), generator=g) for t in masker.targets})
+    ids = torch.randint(0, 32, (3, 7))
+    for _ in range(2):
+        with no_host_sync:
+            model(ids, labels=ids)["loss"].backward()
+            masks = masker.apply()
+        opt.step()  # AdamW's own step reads its step count on the host
+        for t in masker.targets:
+            assert torch.all(t.weight.grad[~masks[t.name]] == 0)
+        opt.zero_grad()

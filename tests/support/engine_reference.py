@@ -128,6 +128,50 @@ def assert_keep_matches(keep: torch.Tensor, ref: torch.Tensor, threshold: float,
             assert abs(float(ref[i]) - cut) <= rtol * abs(cut), f"row {i}: {float(ref[i])} vs cut {cut}"
 
 
+def ref_cluster_keep(
+    stat: torch.Tensor, assign: torch.Tensor, threshold: float, partial: str
+) -> torch.Tensor:
+    """MIGU+Cluster by hand: clusters by mean statistic (descending, ties to the lower cluster id)
+    are kept whole while they fit in k = d - floor(T d) rows; the cluster that does not fit is
+    masked (``drop``), kept whole (``whole``, and nothing after it), or gives its best rows by
+    statistic (ties to the lower row) until exactly k rows are kept (``fill``)."""
+    vals = [float(v) for v in stat]
+    ids = [int(c) for c in assign]
+    d = len(vals)
+    k = d - expected_masked(threshold, d)
+    members: dict[int, list[int]] = {}
+    for row, c in enumerate(ids):
+        members.setdefault(c, []).append(row)
+    score = {c: sum(vals[r] for r in rows) / len(rows) for c, rows in members.items()}
+    kept: list[int] = []
+    for c in sorted(members, key=lambda c: (-score[c], c)):
+        rows = members[c]
+        if len(kept) + len(rows) <= k:
+            kept += rows
+            continue
+        if partial == "whole" and len(kept) < k:
+            kept += rows
+        elif partial == "fill":
+            kept += sorted(rows, key=lambda r: (-vals[r], r))[: k - len(kept)]
+        break
+    keep = torch.zeros(d, dtype=torch.bool)
+    keep[kept] = True
+    return keep
+
+
+def ref_example_stats(
+    rows: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[B, d_out] float64: each example's statistic (``ref_stat`` over that example's tokens alone),
+    for one forward call's input ``x`` [B, S, d_in] and real-token mask [B, S]."""
+    return torch.stack(
+        [
+            ref_stat(rows, [x[b : b + 1]], [mask[b : b + 1]] if mask is not None else None, bias=bias)
+            for b in range(x.shape[0])
+        ]
+    )
+
+
 class ToyBlock(nn.Module):
     def __init__(self, d: int, f: int) -> None:
         super().__init__()

@@ -10,8 +10,10 @@ update of the kept rows is the same as with mask-then-clip whenever the norm is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .config import MIGUConfig
@@ -30,9 +32,15 @@ class MIGUCallback(TrainerCallback):
                           callbacks=[migu.MIGUCallback(migu.MIGUConfig(threshold=0.7))])
     """
 
-    def __init__(self, config: MIGUConfig | None = None, task_index: int = 0) -> None:
+    def __init__(
+        self,
+        config: MIGUConfig | None = None,
+        task_index: int = 0,
+        clusters: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         self.config = config or MIGUConfig()
         self.task_index = task_index
+        self.clusters = clusters  # MIGU+Cluster: {target name: [d_out] cluster ids}, set at train start
         self.masker: Masker | None = None
 
     def on_train_begin(
@@ -41,6 +49,8 @@ class MIGUCallback(TrainerCallback):
         model = kwargs["model"]
         self.masker = attach(model, self.config, optimizer=kwargs.get("optimizer"))
         self.masker.task_index = self.task_index
+        if self.clusters:
+            self.masker.set_clusters(self.clusters)
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 Preset = Literal["paper", "official"]
 Mode = Literal["grad", "strict"]
 Cut = Literal["topk", "quantile"]
+Strategy = Literal["weight", "comagnitude"]
+Partial = Literal["drop", "fill", "whole"]
+When = Literal["once", "each_task"]
 COMPONENTS = ("qkv", "o", "ffn")
 
 # Values each preset gives to the fields left as None. `paper` follows the paper's text
@@ -32,6 +37,101 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mask_bias": False,  # only weight.grad is masked
     },
 }
+
+
+def resolve_n_clusters(n_clusters: int | float, d_out: int, name: str = "target") -> int:
+    """Clusters of a target with ``d_out`` rows: an int as is (ValueError naming the target when it
+    exceeds d_out), a fraction f in (0, 1] as round-half-up(f * d_out), at least 1."""
+    if isinstance(n_clusters, float):
+        return max(1, min(d_out, math.floor(round(n_clusters * d_out, 6) + 0.5)))
+    if n_clusters > d_out:
+        raise ValueError(
+            f"MIGU cluster n_clusters={n_clusters} exceeds the {d_out} rows of target {name!r}; "
+            "use at most d_out clusters or a fraction of d_out (e.g. n_clusters: 0.0625)"
+        )
+    return n_clusters
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """MIGU+Cluster (the paper's ablation): rows are grouped into clusters and masked per cluster.
+
+    Each target's rows get a cluster id; a cluster's score is the mean statistic of its rows, and
+    whole clusters are kept in score order (ties: lower cluster id) until the budget of
+    k = d_out - floor(T d_out) kept rows is met (``migu.engine.cut.cluster_split``).
+
+    Args:
+        strategy: ``"weight"`` (k-means on the rows of W; LoRA ``lora_B``: of W0 + s B A, ``lora_A``:
+            of A) or ``"comagnitude"`` (k-means on each row's profile of per-example normalized
+            magnitudes over ``samples`` training examples).
+        n_clusters: an int >= 1 (clusters per target; a target with fewer rows is an error naming
+            it), or a float in (0, 1]: that fraction of each target's d_out, rounded half up, at
+            least 1 (0.0625 = clusters of about 16 rows; an r = 8 ``lora_A`` gets 1 cluster).
+        partial: the cluster that crosses the budget: ``"fill"`` keeps its best rows (by their own
+            statistic) so exactly k rows are kept; ``"drop"`` masks it (<= k rows kept, only whole
+            clusters); ``"whole"`` keeps it whole (>= k rows kept).
+        balanced: equal cluster sizes (they differ by at most 1): k-means centroids, then a greedy
+            capacity-constrained assignment improved by size-preserving swaps
+            (``migu.engine.cluster.balanced_assign``).
+        seed: k-means ``random_state``.
+        n_init: k-means restarts (scikit-learn's ``n_init``): the best of ``n_init`` k-means++
+            starts by inertia. scikit-learn's ``"auto"`` is 1 start for k-means++; 3 guards against
+            a bad start at 3x the (small, once per task at most) clustering cost.
+        samples: co-magnitude data budget: the number of training examples N in each profile.
+        when: ``"once"`` (clusters made before the first task, kept for the run) or ``"each_task"``
+            (made again at the start of every task, from its rows and the current weights).
+    """
+
+    strategy: Strategy = "weight"
+    n_clusters: int | float = 0.0625
+    partial: Partial = "fill"
+    balanced: bool = True
+    seed: int = 0
+    n_init: int = 3
+    samples: int = 100
+    when: When = "once"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "strategy": ("weight", "comagnitude"),
+            "partial": ("drop", "fill", "whole"),
+            "when": ("once", "each_task"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"ClusterConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        n = self.n_clusters
+        if isinstance(n, bool) or not isinstance(n, int | float):
+            raise ValueError(
+                f"ClusterConfig.n_clusters must be an int >= 1 or a fraction in (0, 1], got {n!r}"
+            )
+        if isinstance(n, int) and n < 1:
+            raise ValueError(f"ClusterConfig.n_clusters must be >= 1 as an int, got {n}")
+        if isinstance(n, float) and not 0.0 < n <= 1.0:
+            raise ValueError(f"ClusterConfig.n_clusters as a float is a fraction of d_out in (0, 1], got {n}")
+        if not isinstance(self.balanced, bool):
+            raise ValueError(f"ClusterConfig.balanced must be true or false, got {self.balanced!r}")
+        for key, low in (("seed", 0), ("n_init", 1), ("samples", 1)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"ClusterConfig.{key} must be an integer >= {low}, got {v!r}")
+
+    def clusters_for(self, d_out: int, name: str = "target") -> int:
+        """The number of clusters of a target with ``d_out`` rows (ValueError naming it if > d_out)."""
+        return resolve_n_clusters(self.n_clusters, d_out, name)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ClusterConfig:
+        """Build from a plain mapping (YAML), naming any unknown key."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MIGU cluster config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -63,6 +163,9 @@ class MIGUConfig:
             the CURRENT micro-batch's statistic at backward time, so with gradient accumulation
             each micro-batch gets its own mask (the dense path makes one mask per optimizer step).
             Needs ``mode="grad"`` and ``cut="topk"`` (a fixed kept count); ValueError otherwise.
+        cluster: MIGU+Cluster (a :class:`ClusterConfig` or a mapping of its fields; None = off): rows
+            are masked per cluster (``masker.set_clusters``). Needs ``cut="topk"`` (its budget is the
+            top-k count) and no ``sparse_backward`` (the sparse backward cuts rows, not clusters).
     """
 
     threshold: float = 0.7
@@ -77,6 +180,7 @@ class MIGUConfig:
     skip_first_task: bool | None = None
     mask_bias: bool | None = None
     sparse_backward: bool = False
+    cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -129,6 +233,23 @@ class MIGUConfig:
                 "MIGUConfig.sparse_backward=True needs cut='topk' (a fixed kept count per layer, no host "
                 f"sync); got cut={self.cut!r} (the 'official' preset uses 'quantile': pass cut='topk')"
             )
+        if isinstance(self.cluster, Mapping):
+            self.cluster = ClusterConfig.from_dict(self.cluster)
+        if self.cluster is not None:
+            if not isinstance(self.cluster, ClusterConfig):
+                raise ValueError(
+                    f"MIGUConfig.cluster must be a ClusterConfig, a mapping or None, got {self.cluster!r}"
+                )
+            if self.sparse_backward:
+                raise ValueError(
+                    "MIGUConfig.cluster cannot be combined with sparse_backward=True: the sparse backward "
+                    "picks rows by their own statistic, not whole clusters; set sparse_backward=False"
+                )
+            if self.cut != "topk":
+                raise ValueError(
+                    "MIGUConfig.cluster needs cut='topk' (the cluster budget is the top-k count "
+                    f"d_out - floor(T d_out)); got cut={self.cut!r} (the 'official' preset: pass cut='topk')"
+                )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> MIGUConfig:
@@ -140,6 +261,8 @@ class MIGUConfig:
             raise ValueError(f"unknown MIGU config key(s) {unknown}; known: {sorted(known)}")
         if "components" in data and isinstance(data["components"], list):
             data["components"] = tuple(data["components"])
+        if isinstance(data.get("cluster"), Mapping):
+            data["cluster"] = ClusterConfig.from_dict(data["cluster"])
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

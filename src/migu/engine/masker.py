@@ -11,13 +11,17 @@ Usage::
 Per target weight W (d_out rows) and token x the statistic is n_i = |w_i . x| / sum_j |w_j . x|,
 averaged over the real tokens of all micro-batches since the last ``apply()``. ``apply()`` keeps
 the top d_out - floor(T d_out) rows of each weight and zeroes the gradient of the others.
+
+MIGU+Cluster (``MIGUConfig(cluster=...)``): after ``masker.set_clusters({name: LongTensor[d_out]})``
+those targets are cut per cluster (``cut.cluster_split``) from the same statistic; targets without
+clusters keep the plain top-k cut.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -25,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import MIGUConfig
-from .cut import quantile_keep, topk_split
+from .cut import ClusterLayout, cluster_split, num_kept, quantile_keep, topk_split
 from .sparse import SparseBackward
 from .strict import StrictRestore
 from .targets import Target, resolve_targets
@@ -77,6 +81,16 @@ class Masker:
         self._scratch: torch.Tensor | None = None  # CPU chunk buffer of the statistic (see _CHUNK_BYTES_CPU)
         self._sparse: SparseBackward | None = None
         self._sparse_set: frozenset[int] = frozenset()
+        # MIGU+Cluster: the assignments as set, and per width group (index into _groups) the
+        # clustered targets' places in the group, those places as a tensor (None = the whole group)
+        # and their layout.
+        self._clusters: dict[str, torch.Tensor] = {}
+        self._cluster_groups: dict[int, tuple[list[int], torch.Tensor | None, ClusterLayout]] = {}
+        self._examples: dict[str, list[torch.Tensor]] | None = None  # per_example() recording
+        if config.cluster is not None:
+            for t in self.targets:
+                if t.weight.requires_grad:
+                    config.cluster.clusters_for(t.d_out, t.name)  # a clear error now, not at clustering
         self._handles.append(model.register_forward_pre_hook(self._tokens.capture, with_kwargs=True))
         for i, t in enumerate(self.targets):
             self._handles.append(t.hook_module.register_forward_hook(self._make_hook(i)))
@@ -127,6 +141,11 @@ class Masker:
             if not target.weight.requires_grad:
                 return  # frozen (e.g. an old task's LoRA): never masked, so never measured
             y = output[0] if isinstance(output, tuple) else output
+            if self._examples is not None:  # per_example(): profiles only, the training statistic untouched
+                self._examples.setdefault(target.name, []).append(
+                    self._example_stats(target, y.detach(), cfg)
+                )
+                return
             self._accumulate(i, target, y.detach(), cfg)
 
         return hook
@@ -190,7 +209,80 @@ class Masker:
             assert self._sparse is not None
             self._sparse.add(i, stat, count)  # this forward's statistic, read by the sparse backward
 
+    @torch.no_grad()
+    def _example_stats(self, target: Target, y: torch.Tensor, cfg: MIGUConfig) -> torch.Tensor:
+        """[B, d_out] fp32: each example's statistic (the same magnitude, normalization and real-token
+        mean as the training statistic, over that example's tokens only)."""
+        d = y.shape[-1]
+        b, tok = self._tokens.example_weights(target.stream, y.shape[:-1], y.device)  # B, [B, L] or None
+        a = y.reshape(b, -1, d).float()  # [B, L, d_out]
+        if not cfg.stat_bias and target.stat_bias is not None:
+            a = a - target.stat_bias.detach().float()
+        a = a.abs()
+        if cfg.normalize:
+            a = a / a.sum(-1, keepdim=True).clamp_min(_EPS)
+        if tok is None:
+            return a.mean(1)
+        return torch.einsum("bld,bl->bd", a, tok) / tok.sum(1, keepdim=True).clamp_min(1.0)
+
     # ------------------------------------------------------------------ public API
+    @contextlib.contextmanager
+    def per_example(self) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Record each example's statistic per target instead of accumulating (co-magnitude profiles).
+
+        Yields ``{target name: [[B, d_out] fp32 per forward call, ...]}``; collects under
+        ``torch.no_grad()`` too, and leaves the training statistic untouched.
+        """
+        record: dict[str, list[torch.Tensor]] = {}
+        prev_force, prev_rec = self._force_collect, self._examples
+        self._force_collect, self._examples = True, record
+        try:
+            yield record
+        finally:
+            self._force_collect, self._examples = prev_force, prev_rec
+
+    @property
+    def clusters(self) -> dict[str, torch.Tensor]:
+        """The cluster assignment per target as set ({name: LongTensor[d_out]}); empty = plain MIGU."""
+        return dict(self._clusters)
+
+    def set_clusters(self, clusters: Mapping[str, torch.Tensor]) -> None:
+        """Cut these targets per cluster from now on (replacing earlier clusters; ``{}`` clears).
+
+        Args:
+            clusters: {target name: [d_out] integer cluster ids in [0, d_out)}; targets left out keep
+                the plain top-k cut. Needs ``MIGUConfig.cluster`` (its ``partial`` rule).
+        """
+        if clusters and self.config.cluster is None:
+            raise ValueError("set_clusters needs MIGUConfig(cluster=...): it holds the partial-cluster rule")
+        by_name = {t.name: i for i, t in enumerate(self.targets)}
+        unknown = sorted(set(clusters) - set(by_name))
+        if unknown:
+            raise ValueError(
+                f"set_clusters: unknown target(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
+                f"targets are masker.targets names, e.g. {self.targets[0].name!r}"
+            )
+        checked: dict[str, torch.Tensor] = {}
+        for name, ids in clusters.items():
+            t = self.targets[by_name[name]]
+            if not torch.is_tensor(ids) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+                raise ValueError(f"set_clusters: {name!r} needs an integer tensor of cluster ids")
+            if tuple(ids.shape) != (t.d_out,):
+                raise ValueError(f"set_clusters: {name!r} needs shape ({t.d_out},), got {tuple(ids.shape)}")
+            if int(ids.min()) < 0 or int(ids.max()) >= t.d_out:
+                raise ValueError(f"set_clusters: {name!r} cluster ids must be in [0, {t.d_out})")
+            checked[name] = ids.detach().to(device=t.weight.device, dtype=torch.long).clone()
+        self._clusters = checked
+        self._cluster_groups = {}
+        for g, (_, idx) in enumerate(self._groups):
+            places = [p for p, i in enumerate(idx) if self.targets[i].name in checked]
+            if not places:
+                continue
+            assign = torch.stack([checked[self.targets[idx[p]].name] for p in places])  # [m, d]
+            rows = None if len(places) == len(idx) else torch.tensor(places, device=assign.device)
+            self._cluster_groups[g] = (places, rows, ClusterLayout.build(assign))
+        log.info("MIGU clusters set for %d of %d targets", len(checked), len(self.targets))
+
     @contextlib.contextmanager
     def collecting(self) -> Iterator[Masker]:
         """Collect statistics also under ``torch.no_grad()`` (analysis, not training)."""
@@ -215,34 +307,57 @@ class Masker:
         if self._flat is not None:
             self._flat.zero_()
 
-    def _cut(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor | None]]:
-        """Per target: [d_out] bool keep mask and, for the top-k cut, the [t] masked row indices."""
+    def _cut(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor | None], set[int]]:
+        """Per target: [d_out] bool keep mask, the [t] masked row indices of a fixed-count cut (top-k,
+        cluster ``fill``) or None, and the targets whose data-dependent count (quantile, cluster
+        ``drop``/``whole``) is applied by multiplying with the mask."""
         assert self._flat is not None and self._count_view is not None
         if _distributed_world() > 1:
             dist.all_reduce(self._flat, op=dist.ReduceOp.SUM)  # ONE collective for all layers
         keeps: dict[int, torch.Tensor] = {}
         drops: dict[int, torch.Tensor | None] = {}
+        by_mask: set[int] = set()
+        threshold = self.config.threshold
         offset = 0
-        for (d, idx), count_index in zip(self._groups, self._count_index, strict=True):
+        for g, ((d, idx), count_index) in enumerate(zip(self._groups, self._count_index, strict=True)):
             n = len(idx)
             sums = self._flat[offset : offset + n * d].view(n, d)  # the group is one block: no stack copy
             offset += n * d
             stats = sums / self._count_view[count_index].clamp_min(1.0).unsqueeze(1)  # [n, d] means
             drop: torch.Tensor | None = None
-            if self.config.cut == "quantile":
-                keep = quantile_keep(stats, self.config.threshold)  # [n, d] bool
-            else:
-                keep, drop = topk_split(stats, self.config.threshold)  # [n, d] bool, [n, t]
-            for row, i in enumerate(idx):
-                keeps[i] = keep[row]
-                drops[i] = drop[row] if drop is not None else None
-        return keeps, drops
+            clustered = self._cluster_groups.get(g)
+            if clustered is None or clustered[1] is not None:  # some targets of the group cut by row
+                if self.config.cut == "quantile":
+                    keep = quantile_keep(stats, threshold)  # [n, d] bool
+                    by_mask.update(idx)
+                else:
+                    keep, drop = topk_split(stats, threshold)  # [n, d] bool, [n, t]
+                for row, i in enumerate(idx):
+                    keeps[i] = keep[row]
+                    drops[i] = drop[row] if drop is not None else None
+            if clustered is not None:
+                assert self.config.cluster is not None
+                places, rows, layout = clustered
+                if layout.assign.device != stats.device:  # built on the weights' device: move once
+                    rows = rows.to(stats.device) if rows is not None else None
+                    layout = layout.to(stats.device)
+                    self._cluster_groups[g] = (places, rows, layout)
+                sub = stats if rows is None else stats.index_select(0, rows)  # [m, d]
+                keep, drop = cluster_split(sub, layout, threshold, self.config.cluster.partial)
+                multiply = drop is None and num_kept(threshold, d) < d  # drop/whole: no fixed masked count
+                for row, p in enumerate(places):
+                    i = idx[p]
+                    keeps[i] = keep[row]
+                    drops[i] = drop[row] if drop is not None else None
+                    if multiply:
+                        by_mask.add(i)
+        return keeps, drops, by_mask
 
     def compute_masks(self) -> dict[str, torch.Tensor]:
         """Masks from the accumulated statistics (after the cross-rank average), without applying."""
         if self._flat is None:
             return {}
-        keeps, _ = self._cut()
+        keeps, _, _ = self._cut()
         return {self.targets[i].name: keeps[i] for i in range(len(self.targets))}
 
     def apply(self) -> dict[str, torch.Tensor]:
@@ -270,7 +385,7 @@ class Masker:
                 "MIGU apply() found gradients but no statistics: run the forward pass of the attached "
                 "model (with gradients enabled) before apply()."
             )
-        keeps, drops = self._cut() if self._flat is not None else ({}, {})
+        keeps, drops, by_mask = self._cut() if self._flat is not None else ({}, {}, set())
         self.masks = {}
         grads: list[torch.Tensor] = []
         factors: list[torch.Tensor] = []
@@ -297,7 +412,7 @@ class Masker:
                 grad.index_fill_(t.row_dim, drop, 0)
                 if bias_grad is not None:
                     bias_grad.index_fill_(0, drop, 0)
-            elif self.config.cut == "quantile":  # a data-dependent count: multiply by the mask
+            elif i in by_mask:  # a data-dependent count (quantile, cluster drop/whole): multiply by the mask
                 row = keep.to(grad.dtype)
                 grads.append(grad)
                 factors.append(row.unsqueeze(1) if t.row_dim == 0 else row.unsqueeze(0))  # over d_in

@@ -63,6 +63,9 @@ class Target:
     d_out: int
     stream: Stream  # "main" (encoder / decoder-only tokens) or "decoder" (seq2seq decoder + LM head)
     hook_module: nn.Module
+    adapter: str | None = (
+        None  # the PEFT adapter of a lora_A / lora_B target (hook_module: its LoRA layer for B)
+    )
 
 
 def component_of(name: str) -> str | None:
@@ -120,12 +123,16 @@ def _lora_targets(name: str, module: nn.Module, stream: Stream) -> list[Target]:
             continue  # embedding / conv LoRA variants are not transformer linears
         a_bias = lora_a.bias if isinstance(lora_a.bias, nn.Parameter) else None
         a_name = f"{name}.lora_A.{adapter}"
-        out.append(Target(a_name, lora_a.weight, a_bias, a_bias, 0, lora_a.out_features, stream, lora_a))
+        out.append(
+            Target(a_name, lora_a.weight, a_bias, a_bias, 0, lora_a.out_features, stream, lora_a, adapter)
+        )
         b_bias = lora_b.bias if isinstance(lora_b.bias, nn.Parameter) else None
         # B is judged by the whole layer output h = W0 x + b0 + s B A x (+ b_B); the paper's
         # magnitude leaves the bias out, so b0 is what gets subtracted.
         b_name = f"{name}.lora_B.{adapter}"
-        out.append(Target(b_name, lora_b.weight, b_bias, base_bias, 0, lora_b.out_features, stream, module))
+        out.append(
+            Target(b_name, lora_b.weight, b_bias, base_bias, 0, lora_b.out_features, stream, module, adapter)
+        )
     return out
 
 

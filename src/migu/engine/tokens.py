@@ -15,6 +15,7 @@ cross-attention K/V projections, which read the encoder's outputs.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import Any, Literal
 
@@ -115,6 +116,26 @@ class TokenMasks:
         if flat or tuple(m.shape) == tuple(lead_shape):
             return m.reshape(-1).to(device=device, dtype=torch.float32)
         return None  # no token axis (e.g. a pooler on [B, H]): every row counts
+
+    def example_weights(
+        self, stream: str, lead_shape: torch.Size, device: torch.device
+    ) -> tuple[int, torch.Tensor | None]:
+        """(B examples, [B, L] fp32 real-token weights or None = all real) of an output whose leading
+        dims ``lead_shape`` hold N = B * L tokens, grouped by example (co-magnitude profiles).
+
+        [B, S, ...] outputs: B = the first dim. Flattened [B*S] tokens (OPT's FFN): B from the
+        captured mask. No token axis ([B] rows, e.g. a pooler): every row is one example.
+        """
+        n = math.prod(lead_shape)
+        m = self.masks.get(stream)
+        if len(lead_shape) >= 2:
+            b = lead_shape[0]
+        elif m is not None and m.dim() == 2 and m.numel() == n:
+            b = m.shape[0]
+        else:
+            b = n
+        w = self._weights(stream, lead_shape, device)  # [N] or None
+        return b, (w.view(b, -1) if w is not None else None)
 
     def weights(
         self, stream: str, lead_shape: torch.Size, device: torch.device, n: int

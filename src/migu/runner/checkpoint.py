@@ -6,6 +6,7 @@ Layout of a run directory::
     checkpoints/task_03/model.safetensors
     checkpoints/task_03/method_state.json
     checkpoints/task_03/method_state.safetensors   # only for methods with tensor state
+    checkpoints/task_03/migu_state.safetensors     # only with MIGU+Cluster: the clusters of the task
 
 A checkpoint directory is written under a temporary name and renamed into place, and
 ``run_state.json`` is replaced atomically after it, so a run killed at any moment resumes from
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "run_state.json"
 CKPT_DIR = "checkpoints"
 METHOD_TENSORS = "method_state.safetensors"
+MIGU_TENSORS = "migu_state.safetensors"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -55,6 +57,10 @@ def config_hash(config: dict[str, Any]) -> str:
     ignored = ("name", "data_root", "keep_checkpoints", "tensorboard")
     relevant = {k: v for k, v in config.items() if k not in ignored}
     relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("log_every",)}
+    migu = relevant.get("migu")
+    if isinstance(migu, dict) and migu.get("cluster", 0) is None:
+        # MIGU+Cluster off hashes as before the field existed: runs started earlier still resume.
+        relevant["migu"] = {k: v for k, v in migu.items() if k != "cluster"}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -68,8 +74,12 @@ def save_checkpoint(
     model: nn.Module,
     method_state: dict[str, Any],
     method_tensors: dict[str, torch.Tensor] | None = None,
+    migu_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save the model after ``task_index`` under a temp name, then rename into place."""
+    """Save the model after ``task_index`` under a temp name, then rename into place.
+
+    ``migu_tensors``: the MIGU engine's state (the cluster assignments, keyed by target name).
+    """
     final = task_dir(run_dir, task_index)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -79,6 +89,10 @@ def save_checkpoint(
     if method_tensors:
         tensors = {k: v.detach().contiguous().cpu() for k, v in method_tensors.items()}
         save_file(tensors, str(tmp / METHOD_TENSORS))
+    if migu_tensors:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in migu_tensors.items()}, str(tmp / MIGU_TENSORS)
+        )
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -101,6 +115,12 @@ def load_checkpoint(
         )
     tensors = load_file(str(d / METHOD_TENSORS)) if (d / METHOD_TENSORS).is_file() else {}
     return json.loads((d / "method_state.json").read_text()), tensors
+
+
+def load_migu_tensors(run_dir: Path, task_index: int) -> dict[str, torch.Tensor]:
+    """The MIGU engine state saved with ``task_index``'s checkpoint ({} when there is none)."""
+    path = task_dir(run_dir, task_index) / MIGU_TENSORS
+    return load_file(str(path)) if path.is_file() else {}
 
 
 def prune_checkpoints(run_dir: Path, keep_index: int) -> None:

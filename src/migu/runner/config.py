@@ -219,6 +219,40 @@ class PretrainConfig:
 
 
 @dataclass
+class InstructConfig:
+    """LLM instruction tuning (regime ``instruct``): how rows are rendered, and how each stage is
+    scored (each instruction set by its ``eval``: exact match or HumanEval; the general ability,
+    the paper's forgetting measure, by lm-evaluation-harness tasks when ``general`` is set).
+    Each epoch of a set is one stage (checkpoint, score, resume); AdamW's state and the learning
+    rate schedule carry over between the epochs of one set."""
+
+    template: Literal["auto", "chat", "plain"] = "auto"  # auto: the tokenizer's chat template if any
+    overlong: Literal["truncate", "drop"] = "truncate"  # rows over model.max_length (counted)
+    packing: bool = False
+    max_new_tokens: int = 32  # exact-match generation budget
+    eval_batch_size: int = 8
+    humaneval: dict[str, Any] = field(default_factory=dict)  # migu.evals.HumanEvalConfig fields
+    general: dict[str, Any] | None = None  # migu.evals.lm_eval_bridge.LmEvalConfig fields
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "instruct.")
+        if self.max_new_tokens <= 0 or self.eval_batch_size <= 0:
+            raise ConfigError("instruct.max_new_tokens and instruct.eval_batch_size must be positive")
+        from ..evals import HumanEvalConfig  # standard library only: cheap
+        from ..evals.lm_eval_bridge import LmEvalConfig
+
+        try:
+            HumanEvalConfig(**self.humaneval)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"instruct.humaneval: {exc}") from None
+        if self.general is not None:
+            try:
+                LmEvalConfig(**self.general)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"instruct.general: {exc}") from None
+
+
+@dataclass
 class RunConfig:
     """One continual-learning run: an order of tasks, one model, one method, MIGU on or off.
 
@@ -230,8 +264,9 @@ class RunConfig:
     seed: int = 42
     order: str | None = None
     tasks: list[str] | None = None
-    # what the order's stages are: labelled tasks (finetune), domain corpora (pretrain); auto: the order's
-    regime: Literal["auto", "finetune", "pretrain"] = "auto"
+    # what the order's stages are: labelled tasks (finetune), domain corpora (pretrain) or instruction
+    # sets (instruct); auto: the order's regime
+    regime: Literal["auto", "finetune", "pretrain", "instruct"] = "auto"
     data_root: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -239,6 +274,7 @@ class RunConfig:
     migu: MIGUConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    instruct: InstructConfig = field(default_factory=InstructConfig)
     eval_baseline: bool = True  # evaluate the untrained model (for FWT)
     keep_checkpoints: bool = False  # keep every task's checkpoint (analysis) instead of the last
     tensorboard: bool = False

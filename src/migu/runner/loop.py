@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +65,13 @@ def train_task(
     seed: int,
     migu_config: MIGUConfig | None,
     continuation: Continuation | None = None,
+    clusters: Mapping[str, torch.Tensor] | None = None,
 ) -> TaskTrainResult:
     """Train ``task.model`` on ``examples`` (the method's rows for this task); returns step count,
     time and the last losses. With ``continuation`` the optimizer starts from the given state and
     the learning-rate schedule from ``start_step`` of ``total_steps`` (a fresh optimizer and
-    schedule per task otherwise)."""
+    schedule per task otherwise). ``clusters``: MIGU+Cluster's assignments ({target name: [d_out]
+    cluster ids}, ``runner.clusters.task_clusters``), set on the masker."""
     model, task_index, task_name = task.model, task.task_index, task.task_name
     set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
     loader = DataLoader(
@@ -94,6 +96,8 @@ def train_task(
     masker = attach(model, migu_config, optimizer) if migu_config is not None else None
     if masker is not None:
         masker.task_index = task_index
+        if clusters:
+            masker.set_clusters(clusters)
     wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total = math.ceil(train_cfg.epochs * math.ceil(len(loader) / train_cfg.grad_accum))
     if train_cfg.max_steps_per_task is not None:

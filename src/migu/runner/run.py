@@ -24,6 +24,7 @@ from ..benchmarks.corpus import check_domains, load_domain
 from ..engine import MIGUConfig
 from ..methods import CLMethod, TaskContext, get_method
 from . import checkpoint as ckpt
+from .clusters import cluster_tensors, task_clusters
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
 from .loop import train_task
 from .results import RunResults, write_results
@@ -281,20 +282,30 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
         state.baselines = {m: list(v) for m, v in scores.items()}  # type: ignore[misc]
         save()
 
+    # MIGU+Cluster: the clusters of the task being trained; on resume, those saved with the checkpoint.
+    clusters = _resumed_clusters(plan, state.trained)
+
     start = time.perf_counter()
     for i in range(state.completed, n):
         if state.trained == i:  # else: trained and checkpointed before a crash, only scoring is left
             seed = _task_seed(cfg.seed, i)
             ctx = task_context(plan, family, model, i, accelerator.device)
             method.on_task_start(ctx)
+            clusters = task_clusters(plan.migu, ctx, seed, clusters)
             examples = method.training_examples(ctx, random.Random(seed))
+            train_cfg = stages.train_config(i)
             result = train_task(
-                accelerator, ctx, family, method, examples, stages.train_config(i), seed, plan.migu
+                accelerator, ctx, family, method, examples, train_cfg, seed, plan.migu, clusters=clusters
             )
             method.on_task_end(ctx)
             if accelerator.is_main_process:
                 ckpt.save_checkpoint(
-                    run_dir, i, accelerator.unwrap_model(model), method.state_dict(), method.state_tensors()
+                    run_dir,
+                    i,
+                    accelerator.unwrap_model(model),
+                    method.state_dict(),
+                    method.state_tensors(),
+                    cluster_tensors(clusters) if clusters else None,
                 )
             state.trained = i + 1
             state.timings.append(
@@ -325,6 +336,20 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     if accelerator.is_main_process:
         write_results(run_dir, results)
     return results
+
+
+def _resumed_clusters(plan: Plan, completed: int) -> dict[str, torch.Tensor] | None:
+    """MIGU+Cluster ``"once"``: the clusters saved with the last finished task's checkpoint."""
+    cluster = plan.migu.cluster if plan.migu is not None else None
+    if cluster is None or cluster.when != "once" or completed == 0:
+        return None
+    saved = ckpt.load_migu_tensors(plan.run_dir, completed - 1)
+    if not saved:
+        raise RuntimeError(
+            f"{ckpt.task_dir(plan.run_dir, completed - 1)} has no {ckpt.MIGU_TENSORS}: this run's clusters "
+            "(cluster.when = 'once') cannot be restored; start it again in a new --out"
+        )
+    return saved
 
 
 def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
