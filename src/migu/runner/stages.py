@@ -27,10 +27,13 @@ from accelerate.utils import set_seed
 
 from ..benchmarks import TaskData, get_domain
 from ..benchmarks.corpus import Blocks, DomainData, corpus_blocks, file_sha256
+from ..benchmarks.instructions import InstructionData
+from ..evals import HumanEvalConfig, evaluate_humaneval
+from ..evals.lm_eval_bridge import LmEvalConfig, evaluate_general
 from ..methods import FT, TaskContext
 from ..metrics import accuracy, diagonal_forgetting, f1, mean_diagonal, mean_last_row, summarize
-from ..models import MaskedLMFamily, ModelFamily, build_family, build_mlm_family
-from .config import RunConfig, TrainConfig
+from ..models import MaskedLMFamily, ModelFamily, SFTFamily, build_family, build_mlm_family, build_sft_family
+from .config import ConfigError, RunConfig, TrainConfig
 from .loop import evaluate, train_task
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,23 @@ class Stages(ABC):
     @property
     def primary(self) -> str:
         return self.metrics[0]
+
+    def columns(self, metric: str) -> list[str]:
+        """What a metric's matrix columns are (the stages' tasks unless a regime says otherwise)."""
+        return self.names
+
+    def task_index(self, i: int) -> int:
+        """The CL task stage ``i`` belongs to (what the method hooks see); one per stage by default."""
+        return i
+
+    def task_name(self, i: int) -> str:
+        """The name of that task (replay samples and adapters follow it)."""
+        return self.names[i]
+
+    def schedule(self, i: int) -> tuple[int, int] | None:
+        """(position, length) of stage ``i`` in an optimization that spans several stages (its
+        optimizer state and learning-rate schedule carry over), or None for a fresh one per stage."""
+        return None
 
     @abstractmethod
     def build(self) -> Any:
@@ -281,3 +301,152 @@ class PretrainStages(Stages):
             d.name: {**d.info, "end_task": d.end_task.info, "blocks": len(b)}
             for d, b in zip(self.domains, self.blocks, strict=False)
         }
+
+
+class InstructStages(Stages):
+    """LLM instruction tuning: each epoch of each instruction set is a stage; after each, every set
+    is scored by its own evaluator (exact match on held-out rows, or HumanEval pass@1 in the
+    sandbox) and, when ``instruct.general`` is set, the general ability by lm-eval tasks (the
+    paper's forgetting measure), side by side."""
+
+    regime = "instruct"
+    metrics = ("score", "general")
+
+    def __init__(self, config: RunConfig, sets: Sequence[InstructionData]) -> None:
+        epochs = config.train.epochs
+        if epochs != int(epochs) or epochs < 1:
+            raise ConfigError(
+                f"train.epochs must be a whole number >= 1 for instruction tuning (epochs are stages), "
+                f"got {epochs}"
+            )
+        self.epochs = int(epochs)
+        self.sets = list(sets)
+        names = [
+            s.name if self.epochs == 1 else f"{s.name}@{e + 1}" for s in self.sets for e in range(self.epochs)
+        ]
+        super().__init__(config, names)
+        self.family: SFTFamily | None = None
+        self.encoded: list[list[Any]] = []
+        self.general = config.instruct.general
+
+    @property
+    def set_names(self) -> list[str]:
+        return [s.name for s in self.sets]
+
+    def columns(self, metric: str) -> list[str]:
+        if metric == "general":
+            return ["mean", *LmEvalConfig(**self.general).tasks] if self.general else []
+        return self.set_names
+
+    def task_index(self, i: int) -> int:
+        return i // self.epochs
+
+    def task_name(self, i: int) -> str:
+        return self.sets[self.task_index(i)].name
+
+    def schedule(self, i: int) -> tuple[int, int] | None:
+        return (i % self.epochs, self.epochs) if self.epochs > 1 else None
+
+    def build(self) -> SFTFamily:
+        ins = self.config.instruct
+        self.family = build_sft_family(
+            self.config.model, template=ins.template, overlong=ins.overlong, packing=ins.packing
+        )
+        # every row tokenized now: an overlong or unrenderable set fails before any training
+        for s in self.sets:
+            before = dict(self.family.stats)
+            self.encoded.append(self.family.encode(s.train))
+            counts = {k: self.family.stats[k] - before[k] for k in before}
+            s.info["tokenized"] = counts
+            if counts["truncated"] or counts["dropped"]:
+                log.warning(
+                    "instruction set %s: %d of %d rows over model.max_length=%d: %d truncated, %d dropped",
+                    s.name,
+                    counts["truncated"] + counts["dropped"],
+                    counts["rows"],
+                    self.config.model.max_length,
+                    counts["truncated"],
+                    counts["dropped"],
+                )
+        return self.family
+
+    def train_rows(self, i: int) -> Sequence[Any]:
+        return self.encoded[self.task_index(i)] if self.encoded else self.sets[self.task_index(i)].train
+
+    def train_config(self, i: int) -> TrainConfig:
+        return dataclasses.replace(self.config.train, epochs=1.0)
+
+    def score(
+        self, i: int | None, accelerator: Accelerator, progress: dict[str, Any], save: SaveProgress
+    ) -> dict[str, Row]:
+        assert self.family is not None
+        fam, ins = self.family, self.config.instruct
+        model = fam.model
+        row: dict[str, Row] = {"score": [], "general": []}
+        code: float | None = None
+        for s in self.sets:
+            kind = s.spec.eval
+            if kind == "exact_match":
+                row["score"].append(
+                    fam.exact_match(model, s.held_out, ins.max_new_tokens, ins.eval_batch_size)
+                )
+            elif kind == "humaneval":
+                if code is None:
+                    result = evaluate_humaneval(model, fam.tokenizer, HumanEvalConfig(**ins.humaneval))
+                    code = result.pass_at_k["pass@1"]
+                row["score"].append(code)
+            else:
+                row["score"].append(None)
+        if self.general:
+            scores = evaluate_general(model, fam.tokenizer, LmEvalConfig(**self.general))
+            row["general"] = [scores.mean, *(t.score for t in scores.tasks.values())]
+        what = "untrained" if i is None else self.names[i]
+        shown = " ".join(
+            f"{n}={'-' if v is None else f'{100 * v:.1f}'}"
+            for n, v in zip(self.set_names, row["score"], strict=True)
+        )
+        log.info(
+            "after %s: %s%s", what, shown, f" general={100 * row['general'][0]:.1f}" if row["general"] else ""
+        )
+        return row
+
+    def summary(self, matrices: Matrices, baselines: Baselines) -> dict[str, Any]:
+        score = matrices["score"]
+        out: dict[str, Any] = {"final_score": _mean(score[-1]) if score else None}
+        for name, v in zip(self.set_names, score[-1] if score else [], strict=False):
+            out[f"final_{name}"] = v
+        if self.general and matrices["general"]:
+            out["final_general"] = matrices["general"][-1][0]
+            if baselines and baselines.get("general"):
+                out["untrained_general"] = baselines["general"][0]
+                out["general_change"] = out["final_general"] - out["untrained_general"]
+        if len(self.sets) > 1:  # the CL summary over set boundaries (the last epoch of each set)
+            ends = [score[(k + 1) * self.epochs - 1] for k in range(len(self.sets))]
+            if all(v is not None for r in ends for v in r):
+                base = (baselines or {}).get("score")
+                base_ok = base is not None and all(v is not None for v in base)
+                out.update(summarize(ends, base if base_ok else None))  # type: ignore[arg-type]
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {s.name: s.info for s in self.sets}
+
+    def data_files(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for s in self.sets:
+            for f in s.files:
+                out[str(f)] = file_sha256(f)
+            if s.spec.from_task is not None:
+                d = Path(s.info["task"]["root"]) / s.info["task"]["path"]
+                for name in (
+                    "labels.json",
+                    s.info["task"]["train"]["source"],
+                    s.info["task"]["test"]["source"],
+                ):
+                    out[str(d / name)] = file_sha256(d / name)
+        return out
+
+
+def _mean(row: Row) -> float | None:
+    vals = [v for v in row if v is not None]
+    return sum(vals) / len(vals) if vals else None
