@@ -10,10 +10,12 @@ from support.methods import step_terms, task_ctx
 from torch import nn
 
 from migu.methods import (
+    EWC,
     FT,
     FTReplay,
     IncLoRA,
     LoRA,
+    LoRAEWC,
     LoRAReplay,
     OIncLoRA,
     get_method,
@@ -23,7 +25,10 @@ from migu.methods import (
 
 
 def test_list_methods() -> None:
-    assert list_methods() == ["ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"]
+    assert list_methods() == [
+        *("ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"),
+        *("ewc", "lora_ewc"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -44,6 +49,10 @@ def test_list_methods() -> None:
         ("lorareplay", LoRAReplay, 0.4),
         ("ft_replay", FTReplay, 0.4),
         ("FTReplay", FTReplay, 0.4),
+        ("ewc", EWC, 0.7),
+        ("EWC", EWC, 0.7),
+        ("lora_ewc", LoRAEWC, 0.7),
+        ("LoRAEWC", LoRAEWC, 0.7),
     ],
 )
 def test_names_and_thresholds(name: str, cls: type, threshold: float) -> None:
@@ -55,8 +64,8 @@ def test_names_and_thresholds(name: str, cls: type, threshold: float) -> None:
 
 
 def test_unknown_method() -> None:
-    with pytest.raises(ValueError, match="unknown CL method 'ewc'"):
-        get_method("ewc")
+    with pytest.raises(ValueError, match="unknown CL method 'gem'"):
+        get_method("gem")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ class carries its facts (``paper_name``, ``description``, ``default_threshold``,
 """
 
 from .base import REGIMES, CLMethod, ForwardOutput, MethodNeeds, ModelInfo, StepContext, TaskContext
+from .ewc import EWC, LoRAEWC
 from .ft import FT
 from .inclora import IncLoRA
 from .lora import LoRA
@@ -23,6 +24,7 @@ from .registry import (
 from .replay import FTReplay, LoRAReplay, replay_count
 
 __all__ = [
+    "EWC",
     "FT",
     "METHODS",
     "REGIMES",
@@ -31,6 +33,7 @@ __all__ = [
     "ForwardOutput",
     "IncLoRA",
     "LoRA",
+    "LoRAEWC",
     "LoRAReplay",
     "MethodNeeds",
     "ModelInfo",

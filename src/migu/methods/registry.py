@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import CLMethod
+from .ewc import EWC, LoRAEWC
 from .ft import FT
 from .inclora import IncLoRA
 from .lora import LoRA
@@ -12,7 +13,11 @@ from .olora import OIncLoRA
 from .replay import FTReplay, LoRAReplay
 
 METHODS: dict[str, type[CLMethod]] = {
-    cls.name: cls for cls in (FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, FTReplay)
+    cls.name: cls
+    for cls in (
+        *(FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, FTReplay),
+        *(EWC, LoRAEWC),  # the finetuning baselines (issue 14)
+    )
 }
 
 # Extra spellings, compared after lower-casing and dropping "_", "-" and spaces: so "LoRAReplay",
