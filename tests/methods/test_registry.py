@@ -16,7 +16,9 @@ from migu.methods import (
     IncLoRA,
     LoRA,
     LoRAEWC,
+    LoRALwF,
     LoRAReplay,
+    LwF,
     OIncLoRA,
     get_method,
     get_method_class,
@@ -27,7 +29,7 @@ from migu.methods import (
 def test_list_methods() -> None:
     assert list_methods() == [
         *("ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"),
-        *("ewc", "lora_ewc"),
+        *("ewc", "lora_ewc", "lwf", "lora_lwf"),
     ]
 
 
@@ -53,6 +55,9 @@ def test_list_methods() -> None:
         ("EWC", EWC, 0.7),
         ("lora_ewc", LoRAEWC, 0.7),
         ("LoRAEWC", LoRAEWC, 0.7),
+        ("lwf", LwF, 0.7),
+        ("LwF", LwF, 0.7),
+        ("lora_lwf", LoRALwF, 0.7),
     ],
 )
 def test_names_and_thresholds(name: str, cls: type, threshold: float) -> None:

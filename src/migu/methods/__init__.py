@@ -11,6 +11,7 @@ from .ewc import EWC, LoRAEWC
 from .ft import FT
 from .inclora import IncLoRA
 from .lora import LoRA
+from .lwf import LoRALwF, LwF
 from .olora import OIncLoRA
 from .registry import (
     METHODS,
@@ -34,7 +35,9 @@ __all__ = [
     "IncLoRA",
     "LoRA",
     "LoRAEWC",
+    "LoRALwF",
     "LoRAReplay",
+    "LwF",
     "MethodNeeds",
     "ModelInfo",
     "OIncLoRA",

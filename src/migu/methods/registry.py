@@ -9,6 +9,7 @@ from .ewc import EWC, LoRAEWC
 from .ft import FT
 from .inclora import IncLoRA
 from .lora import LoRA
+from .lwf import LoRALwF, LwF
 from .olora import OIncLoRA
 from .replay import FTReplay, LoRAReplay
 
@@ -16,7 +17,7 @@ METHODS: dict[str, type[CLMethod]] = {
     cls.name: cls
     for cls in (
         *(FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, FTReplay),
-        *(EWC, LoRAEWC),  # the finetuning baselines (issue 14)
+        *(EWC, LoRAEWC, LwF, LoRALwF),  # the finetuning baselines (issue 14)
     )
 }
 
