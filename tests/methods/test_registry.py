@@ -10,11 +10,13 @@ from support.methods import step_terms, task_ctx
 from torch import nn
 
 from migu.methods import (
+    DERPP,
     EWC,
     FT,
     FTReplay,
     IncLoRA,
     LoRA,
+    LoRADERPP,
     LoRAEWC,
     LoRALwF,
     LoRAReplay,
@@ -29,7 +31,7 @@ from migu.methods import (
 def test_list_methods() -> None:
     assert list_methods() == [
         *("ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"),
-        *("ewc", "lora_ewc", "lwf", "lora_lwf"),
+        *("ewc", "lora_ewc", "lwf", "lora_lwf", "derpp", "lora_derpp"),
     ]
 
 
@@ -58,6 +60,10 @@ def test_list_methods() -> None:
         ("lwf", LwF, 0.7),
         ("LwF", LwF, 0.7),
         ("lora_lwf", LoRALwF, 0.7),
+        ("derpp", DERPP, 0.4),
+        ("DER++", DERPP, 0.4),
+        ("lora_derpp", LoRADERPP, 0.4),
+        ("LoRADER++", LoRADERPP, 0.4),
     ],
 )
 def test_names_and_thresholds(name: str, cls: type, threshold: float) -> None:

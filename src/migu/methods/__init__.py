@@ -7,6 +7,7 @@ class carries its facts (``paper_name``, ``description``, ``default_threshold``,
 """
 
 from .base import REGIMES, CLMethod, ForwardOutput, MethodNeeds, ModelInfo, StepContext, TaskContext
+from .derpp import DERPP, LoRADERPP
 from .ewc import EWC, LoRAEWC
 from .ft import FT
 from .inclora import IncLoRA
@@ -25,6 +26,7 @@ from .registry import (
 from .replay import FTReplay, LoRAReplay, replay_count
 
 __all__ = [
+    "DERPP",
     "EWC",
     "FT",
     "METHODS",
@@ -34,6 +36,7 @@ __all__ = [
     "ForwardOutput",
     "IncLoRA",
     "LoRA",
+    "LoRADERPP",
     "LoRAEWC",
     "LoRALwF",
     "LoRAReplay",
