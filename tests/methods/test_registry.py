@@ -13,6 +13,7 @@ from migu.methods import (
     DERPP,
     EWC,
     FT,
+    OSF,
     FTReplay,
     IncLoRA,
     LoRA,
@@ -31,7 +32,7 @@ from migu.methods import (
 def test_list_methods() -> None:
     assert list_methods() == [
         *("ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"),
-        *("ewc", "lora_ewc", "lwf", "lora_lwf", "derpp", "lora_derpp"),
+        *("ewc", "lora_ewc", "lwf", "lora_lwf", "derpp", "lora_derpp", "osf"),
     ]
 
 
@@ -64,6 +65,8 @@ def test_list_methods() -> None:
         ("DER++", DERPP, 0.4),
         ("lora_derpp", LoRADERPP, 0.4),
         ("LoRADER++", LoRADERPP, 0.4),
+        ("osf", OSF, 0.7),
+        ("OSF", OSF, 0.7),
     ],
 )
 def test_names_and_thresholds(name: str, cls: type, threshold: float) -> None:

@@ -12,13 +12,14 @@ from .inclora import IncLoRA
 from .lora import LoRA
 from .lwf import LoRALwF, LwF
 from .olora import OIncLoRA
+from .osf import OSF
 from .replay import FTReplay, LoRAReplay
 
 METHODS: dict[str, type[CLMethod]] = {
     cls.name: cls
     for cls in (
         *(FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, FTReplay),
-        *(EWC, LoRAEWC, LwF, LoRALwF, DERPP, LoRADERPP),  # the finetuning baselines (issue 14)
+        *(EWC, LoRAEWC, LwF, LoRALwF, DERPP, LoRADERPP, OSF),  # the finetuning baselines (issue 14)
     )
 }
 
