@@ -55,7 +55,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             cls = get_method_class(name)
             print(f"{name:12s} {cls.paper_name}: {cls.description}")
             print(f"{'':12s} needs {cls.needs.describe()}; regimes: {', '.join(cls.regimes)}")
-            print(f"{'':12s} +MIGU: migu.threshold defaults to the paper's {cls.default_threshold:g}")
+            if cls.migu_compatible:
+                print(f"{'':12s} +MIGU: migu.threshold defaults to the paper's {cls.default_threshold:g}")
+            else:
+                print(f"{'':12s} +MIGU: not supported (a config with migu set is refused)")
     return 0
 
 

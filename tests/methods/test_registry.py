@@ -10,11 +10,18 @@ from support.methods import step_terms, task_ctx
 from torch import nn
 
 from migu.methods import (
+    DERPP,
+    EWC,
     FT,
+    OSF,
     FTReplay,
     IncLoRA,
     LoRA,
+    LoRADERPP,
+    LoRAEWC,
+    LoRALwF,
     LoRAReplay,
+    LwF,
     OIncLoRA,
     get_method,
     get_method_class,
@@ -23,7 +30,10 @@ from migu.methods import (
 
 
 def test_list_methods() -> None:
-    assert list_methods() == ["ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"]
+    assert list_methods() == [
+        *("ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"),
+        *("ewc", "lora_ewc", "lwf", "lora_lwf", "derpp", "lora_derpp", "osf"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -44,6 +54,19 @@ def test_list_methods() -> None:
         ("lorareplay", LoRAReplay, 0.4),
         ("ft_replay", FTReplay, 0.4),
         ("FTReplay", FTReplay, 0.4),
+        ("ewc", EWC, 0.7),
+        ("EWC", EWC, 0.7),
+        ("lora_ewc", LoRAEWC, 0.7),
+        ("LoRAEWC", LoRAEWC, 0.7),
+        ("lwf", LwF, 0.7),
+        ("LwF", LwF, 0.7),
+        ("lora_lwf", LoRALwF, 0.7),
+        ("derpp", DERPP, 0.4),
+        ("DER++", DERPP, 0.4),
+        ("lora_derpp", LoRADERPP, 0.4),
+        ("LoRADER++", LoRADERPP, 0.4),
+        ("osf", OSF, 0.7),
+        ("OSF", OSF, 0.7),
     ],
 )
 def test_names_and_thresholds(name: str, cls: type, threshold: float) -> None:
@@ -55,8 +78,8 @@ def test_names_and_thresholds(name: str, cls: type, threshold: float) -> None:
 
 
 def test_unknown_method() -> None:
-    with pytest.raises(ValueError, match="unknown CL method 'ewc'"):
-        get_method("ewc")
+    with pytest.raises(ValueError, match="unknown CL method 'gem'"):
+        get_method("gem")
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,20 @@
 
 ``get_method("lora", r=8)`` builds one by name; ``list_methods()`` lists the names, and each
 class carries its facts (``paper_name``, ``description``, ``default_threshold``, ``needs``,
-``regimes``). Every method composes with MIGU (the runner attaches the masker after
-``on_task_start``).
+``regimes``, ``migu_compatible``). Every method but OSF composes with MIGU (the runner attaches the
+masker after ``on_task_start``; the config refuses ``migu`` for a method with
+``migu_compatible = False``).
 """
 
 from .base import REGIMES, CLMethod, ForwardOutput, MethodNeeds, ModelInfo, StepContext, TaskContext
+from .derpp import DERPP, LoRADERPP
+from .ewc import EWC, LoRAEWC
 from .ft import FT
 from .inclora import IncLoRA
 from .lora import LoRA
+from .lwf import LoRALwF, LwF
 from .olora import OIncLoRA
+from .osf import OSF
 from .registry import (
     METHODS,
     get_method,
@@ -23,15 +28,22 @@ from .registry import (
 from .replay import FTReplay, LoRAReplay, replay_count
 
 __all__ = [
+    "DERPP",
+    "EWC",
     "FT",
     "METHODS",
+    "OSF",
     "REGIMES",
     "CLMethod",
     "FTReplay",
     "ForwardOutput",
     "IncLoRA",
     "LoRA",
+    "LoRADERPP",
+    "LoRAEWC",
+    "LoRALwF",
     "LoRAReplay",
+    "LwF",
     "MethodNeeds",
     "ModelInfo",
     "OIncLoRA",

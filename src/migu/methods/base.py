@@ -102,6 +102,7 @@ class TaskContext:
     collate: Callable[[Sequence[Any]], Batch] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 16
+    n_tasks: int | None = None  # tasks in the run's order (None outside a run): for schedules over tasks
 
     def batches(
         self, examples: Sequence[Any] | None = None, batch_size: int | None = None
@@ -150,8 +151,10 @@ class CLMethod:
 
     Class attributes are the method's facts, read by the registry, the CLI and the analyses:
     ``name`` (registry key), ``paper_name`` (display), ``description`` (one line for users),
-    ``default_threshold`` (MIGU's T from the paper when MIGU is on without one), ``needs`` and
-    ``regimes`` (which settings it runs in: finetune, pretrain, instruct).
+    ``default_threshold`` (MIGU's T from the paper when MIGU is on without one), ``needs``,
+    ``regimes`` (which settings it runs in: finetune, pretrain, instruct) and ``migu_compatible``
+    (False where MIGU's row masks are not defined on the method's parameters: the config refuses
+    ``migu`` for it).
     """
 
     name: ClassVar[str] = "ft"
@@ -160,6 +163,7 @@ class CLMethod:
     default_threshold: ClassVar[float] = 0.7
     needs: ClassVar[MethodNeeds] = MethodNeeds()
     regimes: ClassVar[tuple[str, ...]] = REGIMES
+    migu_compatible: ClassVar[bool] = True
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

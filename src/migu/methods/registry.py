@@ -5,19 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from .base import CLMethod
+from .derpp import DERPP, LoRADERPP
+from .ewc import EWC, LoRAEWC
 from .ft import FT
 from .inclora import IncLoRA
 from .lora import LoRA
+from .lwf import LoRALwF, LwF
 from .olora import OIncLoRA
+from .osf import OSF
 from .replay import FTReplay, LoRAReplay
 
 METHODS: dict[str, type[CLMethod]] = {
-    cls.name: cls for cls in (FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, FTReplay)
+    cls.name: cls
+    for cls in (
+        *(FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, FTReplay),
+        *(EWC, LoRAEWC, LwF, LoRALwF, DERPP, LoRADERPP, OSF),  # the finetuning baselines (issue 14)
+    )
 }
 
 # Extra spellings, compared after lower-casing and dropping "_", "-" and spaces: so "LoRAReplay",
-# "lora-replay" and "lora_replay" are one name. The paper calls O-LoRA "OIncLoRA".
-_ALIASES: dict[str, str] = {"oinclora": "olora"}
+# "lora-replay" and "lora_replay" are one name. The paper calls O-LoRA "OIncLoRA"; DER++ keeps its "++".
+_ALIASES: dict[str, str] = {"oinclora": "olora", "der++": "derpp", "lorader++": "lora_derpp"}
 
 
 def _key(name: str) -> str:

@@ -448,6 +448,8 @@ def build_run_config(data: dict[str, Any]) -> RunConfig:
     except ValueError as exc:
         raise ConfigError(f"method.name: {exc}") from None
     migu = data.get("migu")
+    if migu is not None and not cls.migu_compatible:
+        raise ConfigError(f"migu: method {cls.name!r} does not compose with MIGU; set migu: null")
     if isinstance(migu, dict) and "threshold" not in migu:
         data["migu"] = {**migu, "threshold": cls.default_threshold}
     config: RunConfig = _build(RunConfig, data, "")
