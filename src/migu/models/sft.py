@@ -75,6 +75,13 @@ class SFTFamily:
                 f"instruct.template='chat' but tokenizer {config.tokenizer_source!r} has no chat template"
             )
         self.use_chat = has_chat and template != "plain"
+        if tokenizer.eos_token_id is None and tokenizer.sep_token is not None:
+            log.info(
+                "tokenizer %s has no EOS: its separator %r ends responses",
+                config.tokenizer_source,
+                tokenizer.sep_token,
+            )
+            tokenizer.eos_token = tokenizer.sep_token  # BERT-style tokenizers (the CPU demo's)
         if tokenizer.eos_token_id is None:
             raise ValueError(
                 f"tokenizer {config.tokenizer_source!r} has no EOS token: responses could never end"
@@ -120,15 +127,19 @@ class SFTFamily:
 
     def _chat(self, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
         messages = [{"role": r, "content": c} for r, c in turns]
-        ids = list(self.tokenizer.apply_chat_template(messages, tokenize=True))
+        ids = list(self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
         labels = [IGNORE] * len(ids)
         for k, (role, _) in enumerate(turns):
             if role != "assistant":
                 continue
             before = list(
-                self.tokenizer.apply_chat_template(messages[:k], tokenize=True, add_generation_prompt=True)
+                self.tokenizer.apply_chat_template(
+                    messages[:k], tokenize=True, add_generation_prompt=True, return_dict=False
+                )
             )
-            upto = list(self.tokenizer.apply_chat_template(messages[: k + 1], tokenize=True))
+            upto = list(
+                self.tokenizer.apply_chat_template(messages[: k + 1], tokenize=True, return_dict=False)
+            )
             if ids[: len(upto)] != upto or upto[: len(before)] != before:
                 raise ValueError(
                     "the tokenizer's chat template does not render conversations prefix by prefix, so the "
@@ -180,7 +191,9 @@ class SFTFamily:
         if self.use_chat:
             messages = [{"role": r, "content": c} for r, c in turns]
             return list(
-                self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=True, add_generation_prompt=True, return_dict=False
+                )
             )
         return self._plain(turns, generation_prompt=True)[0]
 

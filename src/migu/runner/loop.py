@@ -139,6 +139,7 @@ def train_task(
                 if accelerator.sync_gradients:
                     if masker is not None:
                         masker.apply()  # MIGU: keep only the top-magnitude rows' gradients
+                    method.before_optimizer_step(task)
                     if train_cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
                     optimizer.step()

@@ -191,7 +191,7 @@ def task_context(
         collate=family.collate,
         device=device or torch.device("cpu"),
         batch_size=plan.config.train.batch_size,
-        n_tasks=len(plan.tasks),
+        n_tasks=plan.stages.n_tasks,
     )
 
 

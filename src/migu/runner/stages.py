@@ -79,6 +79,11 @@ class Stages(ABC):
         """The name of that task (replay samples and adapters follow it)."""
         return self.names[i]
 
+    @property
+    def n_tasks(self) -> int:
+        """How many CL tasks the order has (stages of one task count once)."""
+        return len(self.names)
+
     def schedule(self, i: int) -> tuple[int, int] | None:
         """(position, length) of stage ``i`` in an optimization that spans several stages (its
         optimizer state and learning-rate schedule carry over), or None for a fresh one per stage."""
@@ -343,6 +348,10 @@ class InstructStages(Stages):
 
     def task_name(self, i: int) -> str:
         return self.sets[self.task_index(i)].name
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.sets)
 
     def schedule(self, i: int) -> tuple[int, int] | None:
         return (i % self.epochs, self.epochs) if self.epochs > 1 else None
