@@ -89,7 +89,7 @@ def test_hooks_see_batches_outputs_and_task_rows(
     res = run(tiny_config(method={"name": "probe_hooks", "options": {"weight": 0.01}}), tmp_path / "run")
     assert res.complete
     assert CALLS == [("start", 0, False), ("end", 0, False), ("start", 1, False), ("end", 1, False)]
-    assert STEPS == [0] * res.timings[0]["steps"] + [1] * res.timings[1]["steps"]  # once per optimizer step
+    assert [0] * res.timings[0]["steps"] + [1] * res.timings[1]["steps"] == STEPS  # once per optimizer step
     assert set(res.timings[0]["loss_terms"]) == {"probe"} and res.timings[0]["loss_terms"]["probe"] > 0
     state = json.loads((tmp_path / "run/checkpoints/task_01/method_state.json").read_text())
     assert state == {"tasks": [0, 1]}
