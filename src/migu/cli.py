@@ -81,6 +81,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .runner.tune import run_tune
+
+    summary = run_tune(args.sweep, out=args.out, data_root=args.data, overrides=args.overrides)
+    print(summary["markdown"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migu", description="MIGU continual learning for language models")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -99,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
     p.add_argument("--out", help="sweep directory (default: runs/<sweep name>); re-running resumes")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "tune", help="choose each method's setting on validation rows, then score the choice once on test"
+    )
+    p.add_argument(
+        "sweep", help="YAML sweep file with 'select' (the grid keys to choose over), see configs/sweeps/"
+    )
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell")
+    p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
+    p.add_argument("--out", help="tune directory (default: runs/<name>_tune); re-running resumes")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("list", help="list registered tasks, domains, orders or CL methods")
     p.add_argument("what", choices=["tasks", "domains", "orders", "methods"])

@@ -1,4 +1,4 @@
-"""Continual-learning metrics: pure functions on an accuracy matrix.
+"""Continual-learning metrics: pure functions on accuracy matrices, and paired intervals.
 
 ``R[i][j]`` is the accuracy on task j after training on tasks 0..i (rows: training stage,
 columns: evaluated task, both in the run's order). Accuracies are fractions in [0, 1].
@@ -6,7 +6,9 @@ columns: evaluated task, both in the run's order). Accuracies are fractions in [
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 Matrix = Sequence[Sequence[float]]
 
@@ -127,3 +129,85 @@ def summarize(r: Matrix, baseline: Sequence[float] | None = None) -> dict[str, f
         "fwt": forward_transfer(r, baseline) if baseline is not None else None,
         "forgetting": average_forgetting(r),
     }
+
+
+# ---------------------------------------------------------------------------- paired statistics
+@dataclass(frozen=True)
+class Interval:
+    """A mean difference (b - a, in accuracy fractions) and its confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int  # pairs (seeds), or bootstrap replicates for the bootstrap
+    method: str  # "paired t over seeds" | "paired bootstrap over test rows"
+    confidence: float = 0.95
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0.0 or self.high < 0.0
+
+    def sentence(self, what: str = "MIGU") -> str:
+        """``MIGU +2.1 points [+0.4, +3.8]`` or ``no difference detected at this size``."""
+        points = f"{100 * self.mean:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
+        if self.excludes_zero:
+            return f"{what} {points} ({self.method}, {int(100 * self.confidence)}% interval)"
+        return f"no difference detected at this size: {what} {points} ({self.method})"
+
+
+def paired_t_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval | None:
+    """Mean of b_i - a_i over pairs (the same seeds) with a Student-t interval; None for < 2 pairs
+    (one pair has no spread to estimate)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} and {len(b)} values: pairs need equal lengths")
+    n = len(a)
+    if n < 2:
+        return None
+    from scipy import stats  # loads in ~0.5 s: only when an interval is asked for
+
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, "paired t over seeds", confidence)
+
+
+def paired_bootstrap(
+    a: Sequence[Mapping[str, Sequence[int]]],
+    b: Sequence[Mapping[str, Sequence[int]]],
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """Bootstrap over test rows of the ACC difference b - a, paired by seed and row.
+
+    ``a[s][task]`` / ``b[s][task]``: 0/1 correctness of each row of ``task`` for seed s (the same
+    rows, in the same order, in both). Each replicate resamples the rows of every (seed, task)
+    with replacement (the same draw for a and b), takes each task's accuracy, ACC as their mean,
+    and the mean over seeds of the ACC differences: the spread of test-set sampling alone.
+    """
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_bootstrap needs the same, non-zero number of seeds on both sides")
+    rng = np.random.default_rng(seed)
+    diffs = np.zeros(n_boot)
+    point = 0.0
+    for ca, cb in zip(a, b, strict=True):
+        if set(ca) != set(cb):
+            raise ValueError(f"the two runs scored different tasks: {sorted(ca)} vs {sorted(cb)}")
+        per_task = np.zeros(n_boot)
+        for task in ca:
+            xa, xb = np.asarray(ca[task], float), np.asarray(cb[task], float)
+            if xa.shape != xb.shape or not len(xa):
+                raise ValueError(
+                    f"task {task!r}: the two runs scored different rows ({len(xa)} vs {len(xb)})"
+                )
+            idx = rng.integers(0, len(xa), size=(n_boot, len(xa)))  # [B, n] the same rows for a and b
+            per_task += (xb[idx] - xa[idx]).mean(axis=1)
+            point += float((xb - xa).mean()) / len(ca)
+        diffs += per_task / len(ca)
+    diffs /= len(a)
+    point /= len(a)
+    lo, hi = np.quantile(diffs, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    return Interval(point, float(lo), float(hi), n_boot, "paired bootstrap over test rows", confidence)

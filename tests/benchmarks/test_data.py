@@ -364,3 +364,38 @@ def test_root_must_be_a_directory(tmp_path: Path) -> None:
 def test_parent_of_cl_benchmark_gets_a_hint(bench: Path) -> None:
     with pytest.raises(DataError, match=r"did you mean .*CL_Benchmark"):
         resolve_data_root(bench.parent)
+
+
+# --- validation rows (issue 18) -------------------------------------------------------------------
+
+
+def test_validation_rows_are_carved_from_train_disjointly(bench: Path) -> None:
+    plain = load_task("agnews", bench, train_n=10, test_n=8, seed=5)
+    task = load_task("agnews", bench, train_n=10, test_n=8, val_n=6, seed=5)
+    assert len(task.val) == 6 and plain.val == [] and plain.info["val"] is None
+    assert not sentences(task.val) & sentences(task.train) and not sentences(task.val) & sentences(task.test)
+    assert all(s.startswith("ag-train") for s in sentences(task.val))  # from the train file
+    assert task.info["val"]["carved_from_train"] and task.info["val"]["used"] == 6
+    assert load_task("agnews", bench, train_n=10, test_n=8, val_n=6, seed=5).val == task.val  # seeded
+    assert sentences(task.test) == sentences(plain.test)  # the test rows do not move
+
+
+def test_a_dev_copy_of_test_is_never_used_for_validation(bench: Path) -> None:
+    d = bench / "TC/agnews"
+    (d / "dev.json").write_bytes((d / "test.json").read_bytes())  # as in the public CL_Benchmark
+    task = load_task("agnews", bench, val_n=5, seed=1)
+    assert (
+        task.info["val"]["carved_from_train"] and "copy of the evaluation file" in task.info["val"]["source"]
+    )
+    (d / "dev.json").write_text(json.dumps(rows("ag-dev", 12, AG_LABELS)))  # a real dev split
+    task = load_task("agnews", bench, val_n=5, seed=1)
+    assert task.info["val"]["source"] == "dev.json" and all(
+        s.startswith("ag-dev") for s in sentences(task.val)
+    )
+
+
+def test_validation_when_train_itself_is_carved_from_test(bench: Path) -> None:
+    task = load_task("dbpedia", bench, train_n=20, test_n=15, val_n=5, seed=2)
+    parts = [sentences(task.train), sentences(task.test), sentences(task.val)]
+    assert [len(p) for p in parts] == [20, 15, 5]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])

@@ -49,6 +49,15 @@ class MaskedRowsStay(TrainerCallback):
         self.steps += 1
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """The Trainer sets Accelerate's per-process state; later runs in this process need their own."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.mark.parametrize("accum", [1, 2])
 def test_migu_callback_in_sft_trainer(tmp_path, accum: int) -> None:
     tok = byte_bpe_tokenizer(TEXTS)
@@ -69,6 +78,7 @@ def test_migu_callback_in_sft_trainer(tmp_path, accum: int) -> None:
         save_strategy="no",
         logging_steps=100,
         use_cpu=True,
+        bf16=False,  # TRL turns bf16 on where it can; Accelerate keeps one precision per process
         dataloader_num_workers=0,
     )
     trainer = trl.SFTTrainer(

@@ -115,3 +115,61 @@ def test_sweep_and_analyze_sweep_report_the_same_numbers(tmp_path: Path) -> None
 def _cells(out: Path, row: dict) -> list[str]:
     label = "off" if row["migu"] == "off" else "threshold0.5"
     return [f"migu-{label}_seed-{s}" for s in (1, 2)]
+
+
+@pytest.mark.slow
+def test_tune_selects_on_validation_and_touches_test_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18.2: the grid runs on validation rows only; the chosen setting is scored on test."""
+    from migu.runner import stages as stages_mod
+
+    data = write_benchmark(tmp_path / "CL_Benchmark", n_train=40, n_test=16)
+    run_cfg = {
+        "name": "tiny",
+        "tasks": ["agnews", "amazon"],
+        "data": {"val_n": 8},
+        "model": {"name": "minilm", "random_init": tiny_config("bert"), "max_length": 48},
+        "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 100},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(run_cfg))
+    spec = (
+        "name: tt\nbase: tiny.yaml\nselect: [recipe]\n"
+        "grid:\n  recipe:\n    - {label: ft-slow, method.name: ft, train.lr: 1.0e-9}\n"
+        "    - {label: ft-fast, method.name: ft, train.lr: 3.0e-3}\n  migu: [off, 0.5]\n  seed: [1, 2]\n"
+    )
+    tune = _write(tmp_path / "tune.yaml", spec)
+    splits: list[tuple[str, str]] = []
+    real = stages_mod.evaluate
+
+    def spy(model, family, tasks, batch_size, desc="eval", split="test"):
+        splits.append((desc, split))
+        return real(model, family, tasks, batch_size, desc, split)
+
+    monkeypatch.setattr(stages_mod, "evaluate", spy)
+    out = tmp_path / "out"
+    assert main(["tune", str(tune), "--data", str(data), "--out", str(out)]) == 0
+    summary = json.loads((out / "tune_summary.json").read_text())
+    choices = {(c["method"], c["setting"]): c for c in summary["choices"]}
+    assert set(choices) == {("ft", "off"), ("ft", "T=0.5")}
+    for c in choices.values():
+        assert [cand["label"] for cand in c["candidates"]] == ["ft-slow", "ft-fast"]
+        means = {cand["label"]: sum(cand["scores"]) / len(cand["scores"]) for cand in c["candidates"]}
+        for cand in c["candidates"]:  # the scores are the saved validation ACC of each cell
+            for cell, score in zip(cand["cells"], cand["scores"], strict=True):
+                saved = json.loads((out / "select" / cell / "results.json").read_text())
+                row = saved["matrices"]["val_acc"][-1]
+                assert score == pytest.approx(sum(row) / len(row))
+        assert c["chosen"] == max(means, key=means.get) and "highest mean val_acc" in c["reason"]
+    # 8 grid cells scored on validation only, then the 4 chosen cells (2 settings x 2 seeds) on test
+    assert (
+        sorted(p.name for p in (out / "select").iterdir() if p.is_dir())
+        and len(list((out / "test").glob("*/results.json"))) == 4
+    )
+    n_val = sum(split == "val" for _, split in splits)
+    n_test = sum(split == "test" for _, split in splits)
+    assert n_val == 8 * 3 and n_test == 4 * 3  # (untrained + 2 tasks) scorings per run
+    for cell in (out / "select").glob("*/results.json"):
+        saved = json.loads(cell.read_text())
+        assert set(saved["matrices"]) == {"val_acc", "val_f1"}  # test rows never scored in selection
+    assert "MIGU effect on test ACC" in (out / "tune_summary.md").read_text()

@@ -22,7 +22,16 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ..runner.results import METRICS, RunResults, load_results
-from ..runner.summary import METRIC_NAMES, SweepDir, group_cells, is_sweep_dir, method_table, read_sweep_dir
+from ..runner.summary import (
+    METRIC_NAMES,
+    SweepDir,
+    effects_table,
+    group_cells,
+    is_sweep_dir,
+    method_table,
+    paired_effects,
+    read_sweep_dir,
+)
 from . import plots
 from .collect import run_label
 from .sweeps import components_table, sweep_figures
@@ -325,6 +334,17 @@ def _sweeps_section(
                 "without MIGU."
             )
             doc.add(Image(plots.save(fig, figdir / f"{name}.png"), f"{stem} of {sweep.name}", caption))
+        effects = paired_effects(groups)
+        if effects:
+            doc.add(Heading(4, "MIGU effect on ACC"))
+            doc.add(
+                Table(
+                    *effects_table(effects),
+                    caption="With minus without MIGU, in points, paired by seed: a Student-t interval over "
+                    "seeds, and a bootstrap over test rows (test-set sampling only).",
+                )
+            )
+            doc.add(Bullets([e.sentence() for e in effects]))
         comp = components_table(groups)
         if comp:
             shown.add("components")

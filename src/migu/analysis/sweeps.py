@@ -23,10 +23,12 @@ from ..runner.summary import (
     METRIC_NAMES,
     Group,
     SweepDir,
+    effects_table,
     group_cells,
     markdown_table,
     method_rank,
     method_table,
+    paired_effects,
     pct,
     read_sweep_dir,
 )
@@ -216,6 +218,18 @@ def _sweep_tables(
         "",
         "mean ± sample std over seeds, in %",
     ]
+    effects = paired_effects(groups)
+    if effects:
+        header, rows = effects_table(effects)
+        files.append(write_csv(out / f"migu_effects{suffix}.csv", header, rows))
+        md += [
+            "",
+            "### MIGU effect on ACC (with minus without, paired by seed)",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
+        md += [f"- {e.sentence()}" for e in effects]
     comp = components_table(groups)
     if comp:
         files.append(write_csv(out / f"components{suffix}.csv", *comp))

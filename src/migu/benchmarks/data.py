@@ -56,9 +56,8 @@ class Example:
 
 @dataclass
 class TaskData:
-    """A task's train and evaluation rows, and ``info``: where every row came from.
-
-    ``info`` is JSON-serializable so a runner can write it into its results.
+    """A task's train, evaluation (test) and validation rows, and ``info``: where every row came
+    from (JSON-serializable, written into results). ``val`` is empty unless ``val_n`` was asked for.
     """
 
     name: str
@@ -66,6 +65,7 @@ class TaskData:
     train: list[Example]
     test: list[Example]
     info: dict[str, Any] = field(default_factory=dict)
+    val: list[Example] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,11 @@ def _read_split(path: Path, labels: tuple[str, ...]) -> list[_Row]:
             )
         rows.append(_Row(i, sentence, label))
     return rows
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Two files with the same content (the public CL_Benchmark's dev.json copies test.json)."""
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
 def _digest(rows: Iterable[_Row]) -> str:
@@ -283,6 +288,7 @@ def load_task(
     eval_split: EvalSplit = "test",
     keep_unlabeled: bool = False,
     eval_fraction: float = 0.2,
+    val_n: int | None = None,
 ) -> TaskData:
     """Read, validate, sample and (if a split is missing) carve one task.
 
@@ -297,6 +303,11 @@ def load_task(
             of dropping them.
         eval_fraction: share of a lone split that goes to evaluation when a split must be
             carved and neither size is given (otherwise the side without a size takes the rest).
+        val_n: validation rows for model selection (None: none). They come from ``dev.json``
+            when it exists and is not a copy of the evaluation file (in the public CL_Benchmark it
+            is a byte copy of ``test.json``: using it would select on the test rows), else they
+            are carved out of the training pool (seeded, disjoint by sentence text), before the
+            training rows are sampled. Recorded in ``info["val"]``.
     """
     spec = get_task(name)
     if eval_split not in ("test", "dev"):
@@ -351,7 +362,9 @@ def load_task(
                 unique.append(r)
         duplicates = len(labeled) - len(unique)
         try:
-            t, h = _carve_sizes(len(unique), train_n, test_n, eval_fraction, capped)
+            # validation rows come out of the train part: leave room for them
+            want = train_n + val_n if train_n is not None and val_n is not None else train_n
+            t, h = _carve_sizes(len(unique), want, test_n, eval_fraction, capped)
         except DataError as err:
             raise DataError(f"{present[src_role]}: {err}") from None
         order = list(unique)
@@ -407,6 +420,39 @@ def load_task(
             raise DataError(
                 f"{task_dir / sources[role]}: no labelled rows left for {role} (all {UNLABELED!r})"
             )
+    val_rows: list[_Row] = []
+    val_info: dict[str, Any] | None = None
+    if val_n is not None:
+        if isinstance(val_n, bool) or not isinstance(val_n, int) or val_n < 1:
+            raise DataError(f"task {name!r}: val_n must be a positive int or None, got {val_n!r}")
+        dev = task_dir / "dev.json"
+        if eval_split == "test" and dev.is_file() and not _same_bytes(dev, files["test"]):
+            dev_pool = _split_unlabeled(_read_split(dev, labels))[0]
+            val_rows = _sample(dev_pool, min(val_n, len(dev_pool)), _rng(seed, spec.name, "val"))
+            val_info = {"source": dev.name, "pool": len(dev_pool), "carved_from_train": False}
+        else:
+            pool = pools["train"]
+            k = min(val_n, len(pool) - 1)
+            if k < val_n:
+                capped.append({"role": "val", "requested": val_n, "available": len(pool) - 1, "used": k})
+            order = list(pool)
+            _rng(seed, spec.name, "val").shuffle(order)
+            val_rows = sorted(order[:k], key=lambda r: r.index)
+            taken = {r.sentence for r in val_rows}
+            pools["train"] = [r for r in pool if r.sentence not in taken]  # disjoint by text, duplicates too
+            why = "dev.json is a copy of the evaluation file" if dev.is_file() else "no dev.json"
+            val_info = {
+                "source": f"carved from the training pool ({why})",
+                "pool": len(pool),
+                "carved_from_train": True,
+            }
+        val_info.update(
+            requested=val_n,
+            used=len(val_rows),
+            seed=seed,
+            index_digest=_digest(val_rows),
+            overlap_with_test=len({r.sentence for r in val_rows} & {r.sentence for r in pools["test"]}),
+        )
     chosen: dict[str, list[_Row]] = {}
     for role, requested in (("train", train_n), ("test", test_n)):
         pool = pools[role]
@@ -447,6 +493,7 @@ def load_task(
         "unlabeled_dropped": total_dropped,
         "unlabeled_kept": kept_unlabeled,
         "train_test_overlap": overlap,
+        "val": val_info,
     }
 
     def examples(rows: list[_Row]) -> list[Example]:
@@ -455,7 +502,9 @@ def load_task(
             for r in rows
         ]
 
-    return TaskData(spec.name, labels, examples(chosen["train"]), examples(chosen["test"]), info)
+    return TaskData(
+        spec.name, labels, examples(chosen["train"]), examples(chosen["test"]), info, examples(val_rows)
+    )
 
 
 def load_tasks(
@@ -479,10 +528,11 @@ def load_tasks(
             problems.append(str(err))
     overrides: dict[str, dict[str, Any]] = {}
     for task, opts in (per_task or {}).items():
-        bad = set(opts) - {"train_n", "test_n"}
+        bad = set(opts) - {"train_n", "test_n", "val_n"}
         if bad:
             raise DataError(
-                f"per_task[{task!r}]: only train_n and test_n can be set per task, not {sorted(bad)}"
+                f"per_task[{task!r}]: only train_n and test_n (and val_n) can be set per task, "
+                f"not {sorted(bad)}"
             )
         overrides[get_task(task).name] = dict(opts)  # unknown names fail here, with suggestions
     unused = set(overrides) - {s.name for s in specs}

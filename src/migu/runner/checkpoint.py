@@ -186,6 +186,7 @@ class RunState:
     timings: list[dict[str, Any]] = field(default_factory=list)  # per finished stage
     wall_seconds: float = 0.0
     data: dict[str, str] = field(default_factory=dict)  # every data file read -> sha256
+    correct: dict[str, dict[str, list[int]]] | None = None  # last scoring: split -> task -> 0/1 per row
 
 
 def read_state(run_dir: Path) -> RunState | None:

@@ -77,19 +77,31 @@ class DataConfig:
 
     train_n: int | None = None
     test_n: int | None = None
+    # validation rows for model selection (dev.json if it is not a copy of test.json, else carved
+    # from train, seeded and disjoint); None = no validation split
+    val_n: int | None = None
+    # what is scored after each task: test rows (the reported numbers), validation rows (model
+    # selection), or both; a tuning grid scores on val only, so the test rows are never seen
+    eval_on: list[Literal["test", "val"]] = field(default_factory=lambda: ["test"])
     keep_unlabeled: bool = False  # MNLI '-' rows: dropped (default) or kept as the authors do
     eval_split: str = "test"
-    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)  # {task: {train_n:, test_n:}}
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)  # {task: {train_n:, test_n:, val_n:}}
 
     def __post_init__(self) -> None:
-        for key in ("train_n", "test_n"):
+        if not self.eval_on or len(set(self.eval_on)) != len(self.eval_on):
+            raise ConfigError(f"data.eval_on must list test and/or val once each, got {self.eval_on!r}")
+        if "val" in self.eval_on and self.val_n is None:
+            raise ConfigError(
+                "data.eval_on includes val but data.val_n is not set (how many validation rows?)"
+            )
+        for key in ("train_n", "test_n", "val_n"):
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ConfigError(f"data.{key} must be a positive integer or null, got {v!r}")
         if self.eval_split not in ("test", "dev"):
             raise ConfigError(f"data.eval_split must be 'test' or 'dev', got {self.eval_split!r}")
         for task, opts in self.per_task.items():
-            bad = set(opts) - {"train_n", "test_n"}
+            bad = set(opts) - {"train_n", "test_n", "val_n"}
             if bad:
                 raise ConfigError(f"data.per_task.{task} has unknown keys {sorted(bad)}")
 

@@ -187,15 +187,32 @@ def train_task(
     return TaskTrainResult(step, seconds, last_loss, last_terms, optimizer_state=state)
 
 
+@dataclass
+class Scores:
+    """Scores of a model on a list of tasks: accuracy and macro-F1 per task, and per task the 0/1
+    correctness of every row (what a paired bootstrap over examples resamples)."""
+
+    acc: list[float]
+    f1: list[float]
+    correct: dict[str, list[int]]
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, family: ModelFamily, tasks: Sequence[TaskData], batch_size: int, desc: str = "eval"
-) -> tuple[list[float], list[float]]:
-    """Accuracy and macro-F1 of ``model`` on every task's test rows, in order."""
-    accs, f1s = [], []
+    model: nn.Module,
+    family: ModelFamily,
+    tasks: Sequence[TaskData],
+    batch_size: int,
+    desc: str = "eval",
+    split: str = "test",
+) -> Scores:
+    """Accuracy, macro-F1 and per-row correctness of ``model`` on every task's ``split`` rows."""
+    accs, f1s, correct = [], [], {}
     for task in tqdm(tasks, desc=desc, leave=False):
-        preds = family.predict(model, task.test, batch_size=batch_size)
-        gold = [ex.label for ex in task.test]
+        rows = task.test if split == "test" else task.val
+        preds = family.predict(model, rows, batch_size=batch_size)
+        gold = [ex.label for ex in rows]
         accs.append(accuracy(preds, gold))
         f1s.append(macro_f1(preds, gold, classes=list(task.labels)))
-    return accs, f1s
+        correct[task.name] = [int(p == g) for p, g in zip(preds, gold, strict=True)]
+    return Scores(accs, f1s, correct)

@@ -55,6 +55,8 @@ class RunResults:
     migu: dict[str, Any] | None = None  # the resolved MIGUConfig, None = MIGU off
     baselines: dict[str, list[float]] | None = None
     columns: dict[str, list[str]] = field(default_factory=dict)  # a metric's columns, when not ``tasks``
+    # after the last stage: split -> task -> 0/1 per scored row (what the paired bootstrap resamples)
+    final_correct: dict[str, dict[str, list[int]]] | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)
     per_task: dict[str, Any] = field(default_factory=dict)  # where each task's rows came from
     timings: list[dict[str, Any]] = field(default_factory=list)

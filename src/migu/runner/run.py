@@ -113,6 +113,7 @@ def plan_run(config: RunConfig, run_dir: str | Path, data_root: str | Path | Non
             eval_split=d.eval_split,
             keep_unlabeled=d.keep_unlabeled,
             per_task=d.per_task,
+            val_n=d.val_n,
         )
         stages = FinetuneStages(config, [tasks[n] for n in names])
     resolved = config.to_dict()
@@ -384,6 +385,7 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
         row = stages.score(i, accelerator, state.progress, save)
         for m in stages.metrics:
             state.matrices[m].append(row[m])
+        state.correct = stages.last_correct()
         state.timings[i]["eval_seconds"] = time.perf_counter() - t0
         state.progress = {k: v for k, v in state.progress.items() if not k.startswith(f"{i}:")}
         state.completed = i + 1
@@ -449,6 +451,7 @@ def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
         stages=stages.names[: state.completed],
         baselines=state.baselines,
         columns={m: stages.columns(m) for m in stages.metrics},
+        final_correct=state.correct if complete else None,
         metrics=stages.summary(state.matrices, state.baselines) if complete else {},
         per_task=stages.info(),
         timings=state.timings,

@@ -115,6 +115,10 @@ class Stages(ABC):
     ) -> dict[str, Any]:
         """The regime's summary numbers of a complete run."""
 
+    def last_correct(self) -> dict[str, dict[str, list[int]]] | None:
+        """Per split and task, the 0/1 correctness of each row at the last scoring (paired bootstrap)."""
+        return None
+
     @abstractmethod
     def info(self) -> dict[str, Any]:
         """Where each stage's rows came from (results ``per_task``)."""
@@ -125,7 +129,8 @@ class Stages(ABC):
 
 
 class FinetuneStages(Stages):
-    """Labelled tasks in order; every task's test rows scored after each (the accuracy matrix)."""
+    """Labelled tasks in order; every task's test rows (and/or validation rows, ``data.eval_on``)
+    scored after each: the ``acc``/``f1`` matrices (``val_acc``/``val_f1`` on validation rows)."""
 
     regime = "finetune"
     metrics = ("acc", "f1")
@@ -134,6 +139,9 @@ class FinetuneStages(Stages):
         super().__init__(config, [t.name for t in tasks])
         self.tasks = list(tasks)
         self.family: ModelFamily | None = None
+        prefix = {"test": "", "val": "val_"}
+        self.metrics = tuple(f"{prefix[s]}{m}" for s in config.data.eval_on for m in ("acc", "f1"))
+        self.correct: dict[str, dict[str, list[int]]] = {}  # split -> task -> 0/1 per row, last scored
 
     def build(self) -> ModelFamily:
         self.family = build_family(self.config.model, label_space(self.tasks))
@@ -147,21 +155,29 @@ class FinetuneStages(Stages):
     ) -> dict[str, Row]:
         assert self.family is not None
         desc = "eval untrained" if i is None else f"eval after {self.names[i]}"
-        accs, f1s = evaluate(
-            self.family.model, self.family, self.tasks, self.config.train.eval_batch_size, desc
-        )
-        if i is not None:
-            log.info(
-                "after %s: %s",
-                self.names[i],
-                " ".join(f"{n}={100 * a:.1f}" for n, a in zip(self.names, accs, strict=True)),
-            )
-        return {"acc": list(accs), "f1": list(f1s)}
+        fam = self.family
+        row: dict[str, Row] = {}
+        for split in self.config.data.eval_on:
+            prefix = "" if split == "test" else "val_"
+            scores = evaluate(fam.model, fam, self.tasks, self.config.train.eval_batch_size, desc, split)
+            row[f"{prefix}acc"], row[f"{prefix}f1"] = list(scores.acc), list(scores.f1)
+            self.correct[split] = scores.correct
+            if i is not None:
+                shown = " ".join(f"{n}={100 * a:.1f}" for n, a in zip(self.names, scores.acc, strict=True))
+                log.info("after %s (%s): %s", self.names[i], split, shown)
+        return row
 
-    def summary(
-        self, matrices: dict[str, list[Row]], baselines: dict[str, list[float]] | None
-    ) -> dict[str, Any]:
-        return summarize(matrices["acc"], (baselines or {}).get("acc"))  # type: ignore[arg-type]
+    def summary(self, matrices: Matrices, baselines: Baselines) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for prefix in ("", "val_"):
+            if f"{prefix}acc" in matrices:
+                base = (baselines or {}).get(f"{prefix}acc")
+                part = summarize(matrices[f"{prefix}acc"], base)  # type: ignore[arg-type]
+                out.update({f"{prefix}{k}": v for k, v in part.items()})
+        return out
+
+    def last_correct(self) -> dict[str, dict[str, list[int]]] | None:
+        return self.correct or None
 
     def info(self) -> dict[str, Any]:
         return {t.name: t.info for t in self.tasks}

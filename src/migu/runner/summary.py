@@ -18,6 +18,7 @@ import yaml
 
 from ..engine import COMPONENTS
 from ..methods import list_methods, paper_name
+from ..metrics import Interval, paired_bootstrap, paired_t_interval
 from .results import METRICS, RESULTS_FILE, ResultsError, RunResults, load_results
 
 METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
@@ -262,3 +263,80 @@ def summary_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
             row[f"{m}_mean"], row[f"{m}_std"] = g.mean_std(m)
         out.append(row)
     return out
+
+
+# ---------------------------------------------------------------------------- paired effects
+@dataclass(frozen=True)
+class Effect:
+    """Method with MIGU minus the same method without, paired by seed (and by test row)."""
+
+    method: str
+    setting: str  # the MIGU setting (e.g. T=0.7)
+    extra: str
+    metric: str
+    seeds: list[int]
+    by_seed: Interval | None  # paired t over seeds (None for one seed)
+    by_rows: Interval | None  # paired bootstrap over test rows (None without per-row results)
+
+    def sentence(self) -> str:
+        best = self.by_seed or self.by_rows
+        head = f"{paper_name(self.method)}: "
+        if best is None:
+            return head + "no interval (one seed, no per-row results)"
+        out = head + best.sentence(f"MIGU ({self.setting})")
+        if self.by_seed is not None and self.by_rows is not None:
+            r = self.by_rows
+            out += f"; over test rows {100 * r.mean:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]"
+        return out
+
+
+def paired_effects(groups: Sequence[Group], metric: str = "acc", split: str = "test") -> list[Effect]:
+    """For each method run without and with MIGU (same other settings), the paired difference of
+    ``metric`` on the seeds both have, with a t interval over seeds and a bootstrap over rows."""
+    out: list[Effect] = []
+    offs = {(g.method, g.extra): g for g in groups if g.threshold is None}
+    for g in groups:
+        base = offs.get((g.method, g.extra))
+        if g.threshold is None or base is None:
+            continue
+        on = {r.seed: r for r in g.runs if r.metric(metric) is not None}
+        off = {r.seed: r for r in base.runs if r.metric(metric) is not None}
+        seeds = sorted(on.keys() & off.keys())
+        if not seeds:
+            continue
+        a = [off[s].metric(metric) for s in seeds]
+        b = [on[s].metric(metric) for s in seeds]
+        by_seed = paired_t_interval(a, b)  # type: ignore[arg-type]
+        rows_a = [(off[s].final_correct or {}).get(split) for s in seeds]
+        rows_b = [(on[s].final_correct or {}).get(split) for s in seeds]
+        by_rows = None
+        if all(rows_a) and all(rows_b):
+            by_rows = paired_bootstrap(rows_a, rows_b, seed=0)  # type: ignore[arg-type]
+        out.append(Effect(g.method, g.setting, g.extra, metric, seeds, by_seed, by_rows))
+    return out
+
+
+def effects_table(effects: Sequence[Effect]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the paired MIGU effects (in points)."""
+    header = ["method", "MIGU", "seeds", "mean diff", "95% CI over seeds", "95% CI over test rows", "verdict"]
+
+    def ci(iv: Interval | None) -> str:
+        return "-" if iv is None else f"[{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]"
+
+    rows = []
+    for e in effects:
+        best = e.by_seed or e.by_rows
+        verdict = "-" if best is None else ("differs" if best.excludes_zero else "no difference detected")
+        mean = "-" if best is None else f"{100 * best.mean:+.2f}"
+        rows.append(
+            [
+                paper_name(e.method) + (f" ({e.extra})" if e.extra else ""),
+                e.setting,
+                str(len(e.seeds)),
+                mean,
+                ci(e.by_seed),
+                ci(e.by_rows),
+                verdict,
+            ]
+        )
+    return header, rows

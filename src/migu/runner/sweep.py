@@ -22,6 +22,7 @@ as mean and sample std over seeds, grouped by ``migu.runner.summary`` exactly as
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -38,11 +39,13 @@ from .results import METRICS
 from .run import execute, plan_run
 from .summary import (
     SWEEP_FILE,
+    effects_table,
     grid_label,
     group_cells,
     markdown_table,
     method_table,
     migu_grid_value,
+    paired_effects,
     read_sweep_dir,
     summary_rows,
 )
@@ -50,6 +53,7 @@ from .summary import (
 log = logging.getLogger(__name__)
 
 _ALIASES = {"method": "method.name"}
+TUNE_KEYS = ("select", "metric")
 
 
 @dataclass
@@ -72,6 +76,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[st
         grid = {**(grid or {}), key: yaml_load(value)}  # grid keys are dotted names: not split
 
     name = spec.pop("name", Path(path).stem)
+    for key in TUNE_KEYS:  # read by `migu tune` (runner/tune.py), not part of any run's config
+        spec.pop(key, None)
     common = list(spec.pop("overrides", []) or []) + [o for o in overrides if not o.startswith("grid.")]
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: a sweep needs a non-empty 'grid' mapping of key -> list of values")
@@ -125,6 +131,17 @@ def write_summary(sweep_dir: Path) -> str:
     done = len(sweep.cells) - len(sweep.missing)
     md = f"{markdown_table(header, table)}\n\nmean ± sample std over seeds, in % (no std for a single seed); "
     md += f"{done} of {len(sweep.cells)} cells finished\n"
+    effects = paired_effects(groups)
+    if effects:
+        md += "\nMIGU effect on ACC (with minus without MIGU, paired by seed):\n\n"
+        md += (
+            markdown_table(*effects_table(effects))
+            + "\n\n"
+            + "\n".join(f"- {e.sentence()}" for e in effects)
+            + "\n"
+        )
+        summary["effects"] = [dataclasses.asdict(e) for e in effects]
+        atomic_write_text(sweep_dir / "summary.json", json.dumps(summary, indent=1))
     if sweep.missing:
         md += f"\nnot finished: {', '.join(sweep.missing)}\n"
     atomic_write_text(sweep_dir / "summary.md", md)

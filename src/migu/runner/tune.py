@@ -1,0 +1,263 @@
+"""``migu tune SWEEP.yaml``: hyperparameters chosen on validation rows; test rows touched once.
+
+A tune file is a sweep file (``runner.sweep``) with two more keys::
+
+    select: [recipe]        # grid keys whose values are the candidates (e.g. a per-method lr bundle)
+    metric: val_acc         # what is maximised (mean over seeds); default val_acc
+
+1. Every cell of the grid runs with ``data.eval_on: [val]``: it is scored on validation rows only,
+   the test rows are never predicted (``<out>/select/<cell>``). The base config must set
+   ``data.val_n``.
+2. Cells are grouped by method and MIGU setting (from their results) and the other grid keys
+   (``select`` keys and the seed excepted); in each group the candidate with the highest mean
+   ``metric`` over seeds is chosen (ties: the first in grid order).
+3. The chosen candidate of every group is run again with ``data.eval_on: [test]`` for the same seeds
+   (``<out>/test/<cell>``; a finished run there is reused). Training is deterministic, so these are
+   the selected models, now scored once on the test rows.
+4. ``tune_summary.json``/``.md``: every candidate's validation numbers, the choice and its margin,
+   the chosen settings' test metrics, and MIGU's paired effect on test ACC per method.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .config import ConfigError, build_run_config, read_yaml_config
+from .results import METRICS, RunResults, load_results
+from .run import execute, plan_run
+from .summary import (
+    SWEEP_FILE,
+    SweepCell,
+    SweepDir,
+    effects_table,
+    grid_label,
+    group_cells,
+    markdown_table,
+    method_table,
+    migu_setting,
+    paired_effects,
+    pct,
+    setting_label,
+)
+from .sweep import Cell, load_sweep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One value of the selected keys within a group, over its seeds."""
+
+    label: str
+    cells: list[str]
+    seeds: list[int]
+    scores: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.scores) if self.scores else float("-inf")
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.scores) if len(self.scores) > 1 else None
+
+
+@dataclass
+class Choice:
+    """A group (method, MIGU setting, other settings) and the candidate its validation picked."""
+
+    method: str
+    setting: str
+    extra: str
+    metric: str
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: str = ""
+    reason: str = ""
+
+
+def _spec(path: str | Path) -> tuple[list[str], str]:
+    spec = read_yaml_config(path)
+    select = spec.get("select")
+    if isinstance(select, str):
+        select = [select]
+    if not isinstance(select, list) or not select or not all(isinstance(k, str) for k in select):
+        raise ConfigError(
+            f"{path}: a tune file needs 'select': the grid keys whose values are the candidates"
+        )
+    grid = spec.get("grid") or {}
+    unknown = [k for k in select if k not in grid]
+    if unknown:
+        raise ConfigError(f"{path}: select names {unknown}, which are not grid keys ({sorted(grid)})")
+    metric = spec.get("metric", "val_acc")
+    if not isinstance(metric, str) or not metric.startswith("val_"):
+        raise ConfigError(
+            f"{path}: metric must be a validation metric (val_acc, val_bwt, ...), got {metric!r}"
+        )
+    return select, metric
+
+
+def _cells(path: str | Path, overrides: list[str], eval_on: str) -> tuple[str, list[Cell]]:
+    """The grid's cells, each scored on ``eval_on`` rows only; every cell must have validation rows."""
+    name, cells = load_sweep(path, [*overrides, f"data.eval_on=[{eval_on}]"])
+    for c in cells:
+        if not (c.config.get("data") or {}).get("val_n"):
+            raise ConfigError(
+                f"{path}: cell {c.name}: tuning needs data.val_n (validation rows) in the base config"
+            )
+    return name, cells
+
+
+def _run_cells(cells: list[Cell], root: Path, data_root: str | None) -> None:
+    plans = [
+        plan_run(build_run_config(c.config), root / c.name, data_root) for c in cells
+    ]  # all checked first
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        root / SWEEP_FILE,
+        yaml.safe_dump({"name": root.name, "cells": [{"name": c.name, "values": c.values} for c in cells]}),
+    )
+    for i, (cell, plan) in enumerate(zip(cells, plans, strict=True)):
+        log.info("tune: %s cell %d/%d %s", root.name, i + 1, len(cells), cell.name)
+        execute(plan)
+
+
+def choose(cells: list[Cell], results: dict[str, RunResults], select: list[str], metric: str) -> list[Choice]:
+    """The best candidate per group by mean validation ``metric`` over seeds (see the module doc)."""
+    choices: dict[tuple[Any, ...], Choice] = {}
+    order: dict[tuple[Any, ...], dict[str, Candidate]] = {}
+    for cell in cells:
+        res = results[cell.name]
+        t, comps = migu_setting(res)
+        extra = ", ".join(
+            f"{k}={grid_label(k, v)}"
+            for k, v in cell.values.items()
+            if k not in (*select, "seed", "method", "method.name", "migu") and not k.startswith("migu.")
+        )
+        key = (res.method, t, tuple(sorted(comps)) if comps else None, extra)
+        choice = choices.setdefault(key, Choice(res.method, setting_label(t, comps), extra, metric))
+        label = ", ".join(grid_label(k, cell.values[k]) for k in select)
+        cand = order.setdefault(key, {}).setdefault(label, Candidate(label, [], [], []))
+        score = res.metric(metric)
+        if score is None:
+            raise ValueError(
+                f"cell {cell.name}: no {metric} in its results (was it scored on validation rows?)"
+            )
+        cand.cells.append(cell.name)
+        cand.seeds.append(res.seed)
+        cand.scores.append(score)
+    for key, choice in choices.items():
+        choice.candidates = list(order[key].values())
+        best = max(choice.candidates, key=lambda c: c.mean)  # max keeps the first of equal means
+        ranked = sorted(choice.candidates, key=lambda c: -c.mean)
+        runner_up = ranked[1] if len(ranked) > 1 else None
+        choice.chosen = best.label
+        margin = (
+            f", {100 * (best.mean - runner_up.mean):.2f} points above {runner_up.label}" if runner_up else ""
+        )
+        choice.reason = f"highest mean {metric} over seeds {best.seeds}: {100 * best.mean:.2f}{margin}"
+    return list(choices.values())
+
+
+def run_tune(
+    path: str | Path,
+    out: str | Path | None = None,
+    data_root: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Select on validation, then score the chosen settings on test; write the tune summary."""
+    overrides = list(overrides or [])
+    select, metric = _spec(path)
+    name, val_cells = _cells(path, overrides, "val")
+    _, test_cells = _cells(path, overrides, "test")
+    out = Path(out) if out else Path("runs") / f"{name}_tune"
+    _run_cells(val_cells, out / "select", data_root)
+    val_results = {c.name: load_results(out / "select" / c.name) for c in val_cells}
+    choices = choose(val_cells, val_results, select, metric)
+    chosen_cells = {
+        n for ch in choices for cand in ch.candidates if cand.label == ch.chosen for n in cand.cells
+    }
+    final = [c for c in test_cells if c.name in chosen_cells]
+    _run_cells(final, out / "test", data_root)
+    return write_tune_summary(out, name, choices, final, select, metric)
+
+
+def write_tune_summary(
+    out: Path, name: str, choices: list[Choice], final: list[Cell], select: list[str], metric: str
+) -> dict[str, Any]:
+    test_dir = SweepDir(
+        "test",
+        out / "test",
+        [
+            SweepCell(c.name, c.values, out / "test" / c.name, load_results(out / "test" / c.name))
+            for c in final
+        ],
+    )
+    groups = group_cells([test_dir])
+    effects = paired_effects(groups)
+    summary = {
+        "name": name,
+        "select": select,
+        "metric": metric,
+        "choices": [asdict(c) for c in choices],
+        "test": [
+            {
+                "method": g.method,
+                "setting": g.setting,
+                "seeds": g.seeds,
+                **{f"{m}_mean": g.mean_std(m)[0] for m in METRICS},
+            }
+            for g in groups
+        ],
+        "effects": [asdict(e) for e in effects],
+    }
+    atomic_write_text(out / "tune_summary.json", json.dumps(summary, indent=1))
+    lines = [
+        f"# Tuning: {name}",
+        "",
+        f"Selected on validation rows by mean {metric} over seeds; test rows scored once, by the chosen "
+        "settings.",
+        "",
+    ]
+    rows = []
+    for ch in choices:
+        for cand in ch.candidates:
+            rows.append(
+                [
+                    ch.method,
+                    ch.setting,
+                    ch.extra or "-",
+                    cand.label,
+                    " ".join(map(str, cand.seeds)),
+                    pct(cand.mean, cand.std),
+                    "chosen" if cand.label == ch.chosen else "",
+                ]
+            )
+    lines += [
+        markdown_table(["method", "MIGU", "other", "candidate", "seeds", f"{metric} (%)", ""], rows),
+        "",
+    ]
+    lines += [
+        f"- {ch.method} / MIGU {ch.setting}{' / ' + ch.extra if ch.extra else ''}: {ch.chosen} ({ch.reason})"
+        for ch in choices
+    ]
+    lines += ["", "## Test rows (chosen settings)", "", markdown_table(*method_table(groups)), ""]
+    if effects:
+        lines += [
+            "## MIGU effect on test ACC (paired by seed)",
+            "",
+            markdown_table(*effects_table(effects)),
+            "",
+        ]
+        lines += [f"- {e.sentence()}" for e in effects]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "tune_summary.md", text)
+    summary["markdown"] = text
+    return summary
