@@ -186,8 +186,10 @@ class Masker:
         return hook
 
     def _chunk_buffer(self, numel: int, device: torch.device) -> torch.Tensor:
-        if device.type != "cpu":
-            return torch.empty(numel, dtype=torch.float32, device=device)  # the caching allocator reuses it
+        if device.type != "cpu" or torch.compiler.is_compiling():
+            # Device: the caching allocator reuses it. Compiled: the compiler plans the buffer, and a
+            # persistent scratch would put a guard on its state (a recompile on the second step).
+            return torch.empty(numel, dtype=torch.float32, device=device)
         if self._scratch is None or self._scratch.numel() < numel:
             self._scratch = torch.empty(numel, dtype=torch.float32)
         return self._scratch
