@@ -120,6 +120,22 @@ def test_no_recompile_after_the_first_step() -> None:
     assert frames == [1] * STEPS
 
 
+def test_attach_after_a_compiled_run_is_detected() -> None:
+    """Dynamo skips guards on module hooks (skip_nnmodule_hook_guards): a graph compiled before attach
+    never calls MIGU's hooks. apply() then finds gradients but no statistic and says why."""
+    model = build_tiny_model("llama", head="causal-lm")
+    compiled = torch.compile(model, backend="eager")
+    compiled(**_batch("llama", 0))  # compiled and run without MIGU
+    masker = migu.attach(compiled, migu.MIGUConfig(threshold=0.5))
+    compiled(**_batch("llama", 1)).loss.backward()
+    with pytest.raises(RuntimeError, match=r"no statistics.*skip_nnmodule_hook_guards.*torch._dynamo.reset"):
+        masker.apply()
+    torch._dynamo.reset()  # the documented fix: the next compiled call traces the hooks
+    model.zero_grad()
+    compiled(**_batch("llama", 1)).loss.backward()
+    assert masker.apply() and masker._compiled_forward
+
+
 def test_sparse_backward_under_compile_is_refused() -> None:
     model = build_tiny_model("llama", head="causal-lm")
     with pytest.raises(ValueError, match=r"sparse_backward=True\) does not run under torch.compile"):

@@ -338,3 +338,31 @@ def test_deepspeed_config_check_names_the_option() -> None:
         scale.check_deepspeed_config({"zero_optimization": {"stage": 4}})
     with pytest.raises(ValueError, match=r"mode='strict' is not supported under DeepSpeed"):
         scale.check_deepspeed_config({"zero_optimization": {"stage": 1}}, mode="strict")
+
+
+def test_setup_for_accelerator_picks_the_mode_and_names_bad_options() -> None:
+    """DeepSpeed -> backward-time hooks; FSDP needs fsdp_version=2; DDP/one process -> apply()."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    def accel(kind: DistributedType, **state: Any) -> Any:
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(**state))
+
+    model = build_tiny_model("bert", head="seq-cls")
+    masker = migu.attach(model, migu.MIGUConfig())
+    assert scale.setup_for_accelerator(masker, accel(DistributedType.MULTI_CPU)) == "apply"
+    fsdp2 = SimpleNamespace(fsdp_version=2)
+    assert scale.setup_for_accelerator(masker, accel(DistributedType.FSDP, fsdp_plugin=fsdp2)) == "apply"
+    with pytest.raises(ValueError, match=r"fsdp_version=2 .*got fsdp_version=1"):
+        scale.setup_for_accelerator(masker, accel(DistributedType.FSDP, fsdp_plugin=SimpleNamespace()))
+    ds = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 2}})
+    mode = scale.setup_for_accelerator(masker, accel(DistributedType.DEEPSPEED, deepspeed_plugin=ds))
+    assert mode == "backward"
+    assert masker._grad_handles  # hooks installed
+    bad = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 5}})
+    with pytest.raises(ValueError, match=r"zero_optimization.stage"):
+        scale.setup_for_accelerator(masker, accel(DistributedType.DEEPSPEED, deepspeed_plugin=bad))
+    strict = migu.attach(build_tiny_model("bert", head="seq-cls"), migu.MIGUConfig(mode="strict"))
+    with pytest.raises(ValueError, match=r"mode='strict' is not supported under DeepSpeed"):
+        scale.setup_for_accelerator(strict, accel(DistributedType.DEEPSPEED, deepspeed_plugin=ds))

@@ -357,7 +357,10 @@ class Masker:
         if with_grad and not self._seen:
             raise RuntimeError(
                 "MIGU apply() found gradients but no statistics: run the forward pass of the attached "
-                "model (with gradients enabled) before apply()."
+                "model (with gradients enabled) before apply(). Under torch.compile: a graph compiled "
+                "before attach (this model, or another instance of its class, already ran compiled) "
+                "does not call the new hooks, as torch._dynamo.config.skip_nnmodule_hook_guards is on "
+                "by default: attach before the first compiled call, or call torch._dynamo.reset()."
             )
         if self._seen and not with_grad and not self._warned_no_grad:
             self._warned_no_grad = True
