@@ -174,9 +174,16 @@ class Variant:
     masker: migu.Masker | None
     times: list[float] = field(default_factory=list)  # seconds per timed step
     run: Callable[..., Any] | None = None  # the compiled model (--compile), else the model itself
+    autocast: torch.dtype | None = None  # --autocast: the forward under torch.autocast(dtype)
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
-        loss = (self.run if self.run is not None else self.model)(**batch).loss
+        model = self.run if self.run is not None else self.model
+        if self.autocast is not None:
+            device = next(iter(batch.values())).device.type
+            with torch.autocast(device, dtype=self.autocast):
+                loss = model(**batch).loss
+        else:
+            loss = model(**batch).loss
         loss.backward()
         if self.masker is not None:
             self.masker.apply()
@@ -192,11 +199,13 @@ def build_variant(
     seed: int,
     optimizer: str = "fused",
     compile_backend: str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Variant:
     """A fresh copy of ``base`` (identical weights) set up as variant ``name``.
 
     ``optimizer``: the AdamW implementation (:func:`migu.runner.optim.build_adamw`), the same for
     every variant. ``compile_backend``: attach first, then ``torch.compile`` the model with it.
+    ``autocast``: run the forward under ``torch.autocast`` with this dtype (parameters stay fp32).
     """
     model = copy.deepcopy(base)
     lora = name.startswith("LoRA")
@@ -221,7 +230,7 @@ def build_variant(
         # FT (same class, no hooks) and never run its statistic: guard on the hooks.
         torch._dynamo.config.skip_nnmodule_hook_guards = False
         run = torch.compile(model, backend=compile_backend)
-    return Variant(name, model, opt, masker, run=run)
+    return Variant(name, model, opt, masker, run=run, autocast=autocast)
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -404,9 +413,12 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     batch = make_batch(base, family, args.batch, args.length, args.seed, device)
     names = [v for v in VARIANTS if v in args.variants]
     backend = args.compile_backend if args.compile else None
-    variants = [
-        build_variant(v, base, family, args.threshold, args.seed, args.optimizer, backend) for v in names
-    ]
+    autocast = {"no": None, "bf16": torch.bfloat16}[args.autocast]
+
+    def build(v: str) -> Variant:
+        return build_variant(v, base, family, args.threshold, args.seed, args.optimizer, backend, autocast)
+
+    variants = [build(v) for v in names]
     log.info(
         "%s: %.1fM params, batch %d, length %d, %d warmup + %d rounds, threshold %.2f, %s, "
         "%d threads, malloc %s, AdamW %s, compile %s",
@@ -429,10 +441,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     gc.collect()
     memory: dict[str, float] = {}
     if not args.no_memory:
-        builders = {
-            v: (lambda v=v: build_variant(v, base, family, args.threshold, args.seed, args.optimizer))
-            for v in names
-        }
+        builders = {v: (lambda v=v: build(v)) for v in names}
         memory = peak_memory(builders, batch, device)
     rows = summarize(timings_only, memory)
     log.info("%s\n%s", name, table(rows))
@@ -445,6 +454,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         "threshold": args.threshold,
         "optimizer": args.optimizer,
         "compile": backend,
+        "autocast": args.autocast,
         "rounds": args.rounds,
         "warmup": args.warmup,
         "variants": rows,
@@ -492,6 +502,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="inductor",
         help="torch.compile backend for --compile (default inductor; aot_eager traces the same graphs\n"
         "without building kernels: for smoke tests)",
+    )
+    p.add_argument(
+        "--autocast", choices=("no", "bf16"), default="no", help="forward under torch.autocast (default no)"
     )
     p.add_argument("--smoke", action="store_true", help="seconds: tiny models, batch 2, length 16, 2 rounds")
     p.add_argument(
