@@ -249,3 +249,27 @@ def test_unsupported_dtensor_layout_is_refused_by_name() -> None:
             scale.row_shard(partial, 0, "w")
     finally:
         dist.destroy_process_group()
+
+
+def test_attach_on_meta_then_to_empty() -> None:
+    """FSDP2's usual init (model on meta, fully_shard, to_empty, load weights) may attach first:
+    the statistic lands on the real device and apply() masks the new parameters."""
+    ref = build_tiny_model("llama", head="causal-lm")
+    with torch.device("meta"):
+        model = build_tiny_model("llama", head="causal-lm")
+    masker = migu.attach(model, migu.MIGUConfig(threshold=0.5))
+    model.to_empty(device="cpu")
+    model.load_state_dict(ref.state_dict())
+    with torch.no_grad():  # non-persistent buffers (rotary inv_freq) are not in the state dict
+        for (_, mine), (_, theirs) in zip(model.named_buffers(), ref.named_buffers(), strict=True):
+            mine.copy_(theirs)
+    ref_masker = migu.attach(ref, migu.MIGUConfig(threshold=0.5))
+    batch = random_batch(2, 8, lengths=[8, 5])
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    for m in (model, ref):
+        m(**batch).loss.backward()
+    masks, ref_masks = masker.apply(), ref_masker.apply()
+    assert masker._flat is not None and masker._flat.device.type == "cpu"
+    assert set(masks) == set(ref_masks) and all(torch.equal(masks[k], v) for k, v in ref_masks.items())
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)

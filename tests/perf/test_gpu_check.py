@@ -45,6 +45,7 @@ def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]
     return proc, (json.loads(out.read_text()) if out.exists() else {})
 
 
+@pytest.mark.slow  # ~35 s alone, over 60 s on a busy 2-core machine (two models compiled)
 def test_gpu_check_dry_run_runs_every_check(tmp_path: Path) -> None:
     proc, report = _run(tmp_path, "--dry-run")
     assert proc.returncode == 0, proc.stderr[-4000:]

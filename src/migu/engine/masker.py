@@ -56,7 +56,10 @@ _SPARSE_COMPILE = (
 )
 
 
-def _owner(root: nn.Module, param: torch.Tensor | None) -> tuple[nn.Module, str] | None:
+_Owner = tuple[nn.Module, str] | None  # (module, attribute name) registering a parameter
+
+
+def _owner(root: nn.Module, param: torch.Tensor | None) -> _Owner:
     """(module, attribute name) under ``root`` that registers ``param``, or None."""
     if param is None:
         return None
@@ -92,8 +95,10 @@ class Masker:
         # Per target: (module, attribute) owning its weight, bias and statistic bias. FSDP2 swaps
         # the registered parameters (unsharded in forward, sharded DTensors between steps, new
         # objects if fully_shard came after attach): the statistic and apply() read them live.
-        self._owners = [
-            tuple(_owner(t.hook_module, p) for p in (t.weight, t.bias, t.stat_bias)) for t in self.targets
+        self._owners: list[tuple[_Owner, _Owner, _Owner]] = [
+            (_owner(m, t.weight), _owner(m, t.bias), _owner(m, t.stat_bias))
+            for t in self.targets
+            for m in (t.hook_module,)
         ]
         self.task_index = 0
         self.steps = 0
@@ -155,7 +160,7 @@ class Masker:
             return
         total = sum(t.d_out for t in self.targets)
         flat = torch.zeros(total + len(self.targets), dtype=torch.float32, device=device)
-        if self._flat is not None:
+        if self._flat is not None and self._flat.device.type != "meta":  # meta: attached before to_empty()
             flat.copy_(self._flat.to(device))
         self._flat = flat
         views: list[torch.Tensor | None] = [None] * len(self.targets)
@@ -211,7 +216,10 @@ class Masker:
         fused_sub = bias is not None and y.dtype == torch.float32 and bias.dtype == torch.float32
         if bias is not None and not fused_sub:
             bias = bias.float()  # bf16 outputs: subtract in fp32, as the fp32 reference does
-        self._ensure_buffer(target.weight.device)
+        home = target.weight.device
+        # Attached on meta, then to_empty(): the new parameters are adopted at apply(); until then
+        # the buffer follows the output.
+        self._ensure_buffer(y.device if home.type == "meta" else home)
         into = self._stat_views[i]  # [d_out] fp32 slot of this target in the flat buffer
         # Usually the chunks add straight into the flat buffer (no per-layer temporary, no extra add);
         # a sparse target also needs this forward's statistic alone, and a model split over devices
