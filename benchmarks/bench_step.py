@@ -26,6 +26,13 @@ CPU allocator: by default (``--malloc steady``) the script asks glibc to keep fr
 reuse instead of unmapping it each step (see :func:`steady_malloc`); with glibc's defaults
 (``--malloc default``) page faults add a few percent of noise per variant. The JSON records which.
 
+Compiled (``--compile``): every variant's model is attached first and then ``torch.compile``d
+(inductor by default, ``--compile-backend``), and the warmup rounds (at least 2) absorb the
+compilation, so the timed rounds compare compiled FT with compiled FT+MIGU in one process. The
+sparse backward is refused under compile (one graph break per layer; ``migu.engine.scale``), and
+the memory pass is skipped (it would time the compiler's allocations). The default variants
+become FT, FT (A/A), FT+MIGU (grad).
+
 Processes: where each variant's tensors land in memory differs from process to process and moves
 a ratio by about ±1% for the whole run, which more rounds cannot average out. ``--repeat N`` runs
 the measurement in N fresh processes and reports the median and range of their ratios.
@@ -36,6 +43,7 @@ Examples::
     python benchmarks/bench_step.py --model minilm --rounds 20 --repeat 5   # 5 fresh processes
     python benchmarks/bench_step.py --model t5-small,llama-small --rounds 5
     python benchmarks/bench_step.py --smoke --json          # seconds; JSON on stdout
+    python benchmarks/bench_step.py --model llama-small --compile --rounds 10   # FT vs FT+MIGU compiled
 """
 
 from __future__ import annotations
@@ -62,11 +70,14 @@ import torch
 from torch import nn
 
 import migu
+from migu.engine.scale import compile_unsupported_reason
 from migu.runner.optim import build_adamw
 
 log = logging.getLogger("bench_step")
 
 VARIANTS = ("FT", "FT (A/A)", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)")
+COMPILE_VARIANTS = ("FT", "FT (A/A)", "FT+MIGU (grad)")  # --compile's default
+NOT_COMPILABLE = ("FT+MIGU (sparse)",)
 BASELINE = {
     "FT": None,
     "FT (A/A)": "FT",
@@ -162,9 +173,17 @@ class Variant:
     optimizer: torch.optim.Optimizer
     masker: migu.Masker | None
     times: list[float] = field(default_factory=list)  # seconds per timed step
+    run: Callable[..., Any] | None = None  # the compiled model (--compile), else the model itself
+    autocast: torch.dtype | None = None  # --autocast: the forward under torch.autocast(dtype)
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
-        loss = self.model(**batch).loss
+        model = self.run if self.run is not None else self.model
+        if self.autocast is not None:
+            device = next(iter(batch.values())).device.type
+            with torch.autocast(device, dtype=self.autocast):
+                loss = model(**batch).loss
+        else:
+            loss = model(**batch).loss
         loss.backward()
         if self.masker is not None:
             self.masker.apply()
@@ -173,12 +192,20 @@ class Variant:
 
 
 def build_variant(
-    name: str, base: nn.Module, family: str, threshold: float, seed: int, optimizer: str = "fused"
+    name: str,
+    base: nn.Module,
+    family: str,
+    threshold: float,
+    seed: int,
+    optimizer: str = "fused",
+    compile_backend: str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Variant:
     """A fresh copy of ``base`` (identical weights) set up as variant ``name``.
 
     ``optimizer``: the AdamW implementation (:func:`migu.runner.optim.build_adamw`), the same for
-    every variant.
+    every variant. ``compile_backend``: attach first, then ``torch.compile`` the model with it.
+    ``autocast``: run the forward under ``torch.autocast`` with this dtype (parameters stay fp32).
     """
     model = copy.deepcopy(base)
     lora = name.startswith("LoRA")
@@ -197,7 +224,13 @@ def build_variant(
         masker = migu.attach(model, migu.MIGUConfig(threshold=threshold, mode="strict"), optimizer=opt)
     elif name == "FT+MIGU (sparse)":
         masker = migu.attach(model, migu.MIGUConfig(threshold=threshold, sparse_backward=True))
-    return Variant(name, model, opt, masker)
+    run = None
+    if compile_backend:
+        # Dynamo skips guards on module hooks by default, so FT+MIGU would reuse the graph compiled for
+        # FT (same class, no hooks) and never run its statistic: guard on the hooks.
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+        run = torch.compile(model, backend=compile_backend)
+    return Variant(name, model, opt, masker, run=run, autocast=autocast)
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -379,10 +412,16 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     base.to(device)
     batch = make_batch(base, family, args.batch, args.length, args.seed, device)
     names = [v for v in VARIANTS if v in args.variants]
-    variants = [build_variant(v, base, family, args.threshold, args.seed, args.optimizer) for v in names]
+    backend = args.compile_backend if args.compile else None
+    autocast = {"no": None, "bf16": torch.bfloat16}[args.autocast]
+
+    def build(v: str) -> Variant:
+        return build_variant(v, base, family, args.threshold, args.seed, args.optimizer, backend, autocast)
+
+    variants = [build(v) for v in names]
     log.info(
         "%s: %.1fM params, batch %d, length %d, %d warmup + %d rounds, threshold %.2f, %s, "
-        "%d threads, malloc %s, AdamW %s",
+        "%d threads, malloc %s, AdamW %s, compile %s",
         name,
         sum(p.numel() for p in base.parameters()) / 1e6,
         args.batch,
@@ -394,6 +433,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         torch.get_num_threads(),
         args.malloc,
         args.optimizer,
+        backend or "no",
     )
     run_rounds(variants, batch, args.rounds, args.warmup, args.seed, device)
     timings_only = [Variant(v.name, v.model, v.optimizer, None, v.times) for v in variants]
@@ -401,10 +441,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     gc.collect()
     memory: dict[str, float] = {}
     if not args.no_memory:
-        builders = {
-            v: (lambda v=v: build_variant(v, base, family, args.threshold, args.seed, args.optimizer))
-            for v in names
-        }
+        builders = {v: (lambda v=v: build(v)) for v in names}
         memory = peak_memory(builders, batch, device)
     rows = summarize(timings_only, memory)
     log.info("%s\n%s", name, table(rows))
@@ -416,6 +453,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         "length": args.length,
         "threshold": args.threshold,
         "optimizer": args.optimizer,
+        "compile": backend,
+        "autocast": args.autocast,
         "rounds": args.rounds,
         "warmup": args.warmup,
         "variants": rows,
@@ -432,7 +471,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10, help="timed rounds (each runs every variant once)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threshold", type=float, default=0.7)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma list (default: all)")
+    p.add_argument(
+        "--variants", default=None, help="comma list (default: all; --compile: FT, FT (A/A), FT+MIGU (grad))"
+    )
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
@@ -449,6 +490,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="fused",
         help="AdamW implementation for every variant (default fused, as `migu run` uses; for-loop\n"
         "shows the CPU sqrt cost of MIGU's all-zero second-moment rows, see the README)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every variant's model after attaching MIGU (the warmup rounds compile;\n"
+        "default variants FT, FT (A/A), FT+MIGU (grad); no memory pass)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend for --compile (default inductor; aot_eager traces the same graphs\n"
+        "without building kernels: for smoke tests)",
+    )
+    p.add_argument(
+        "--autocast", choices=("no", "bf16"), default="no", help="forward under torch.autocast (default no)"
     )
     p.add_argument("--smoke", action="store_true", help="seconds: tiny models, batch 2, length 16, 2 rounds")
     p.add_argument(
@@ -473,10 +529,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         p.error(f"unknown --model {bad}; choose from {MODELS}")
     args.models = models
+    if args.variants is None:
+        args.variants = ",".join(COMPILE_VARIANTS if args.compile else VARIANTS)
     args.variants = [v.strip() for v in args.variants.split(",")]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown --variants {bad}; choose from {VARIANTS}")
+    if args.compile:
+        reason = compile_unsupported_reason(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if reason is not None:
+            p.error(f"--compile: {reason}")
+        refused = [v for v in args.variants if v in NOT_COMPILABLE]
+        if refused:
+            p.error(f"--compile: {refused} cannot be compiled (sparse backward: a graph break per layer)")
+        args.warmup = max(args.warmup, 2)  # step 1 compiles forward and backward; step 2 checks the guards
+        args.no_memory = True
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     return args

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_step.py"
 VARIANTS = {"FT", "FT (A/A)", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)"}
 
@@ -65,6 +67,38 @@ def test_bench_step_repeat_combines_fresh_processes() -> None:
         run["models"][0]["optimizer"] == "for-loop" for run in result["runs"]
     )
     assert "2 processes" in stderr
+
+
+def test_bench_step_compile_smoke() -> None:
+    """--compile: FT, FT (A/A) and FT+MIGU compiled in one process (aot_eager: the same dynamo and
+    AOT-autograd tracing as inductor, no kernel build), warmup raised to 2, no memory pass."""
+    args = ["--smoke", "--model", "llama-tiny", "--compile", "--compile-backend", "aot_eager"]
+    result, stderr = _bench(*args)
+    (model,) = result["models"]
+    assert model["compile"] == "aot_eager" and model["warmup"] == 2
+    rows = {r["name"]: r for r in model["variants"]}
+    assert set(rows) == {"FT", "FT (A/A)", "FT+MIGU (grad)"}
+    assert rows["FT+MIGU (grad)"]["ratio"] > 0 and rows["FT+MIGU (grad)"]["peak_mib"] is None
+    assert "compile aot_eager" in stderr
+
+
+def test_bench_step_compile_refuses_the_sparse_variant() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--compile", "--variants", "FT,FT+MIGU (sparse)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 2 and "--compile: ['FT+MIGU (sparse)'] cannot be compiled" in proc.stderr
+
+
+@pytest.mark.slow  # inductor builds C++ kernels for two models: minutes on a busy 2-core CPU
+def test_bench_step_compile_inductor_smoke() -> None:
+    result, _ = _bench("--smoke", "--model", "llama-tiny", "--compile", "--variants", "FT,FT+MIGU (grad)")
+    (model,) = result["models"]
+    assert model["compile"] == "inductor"
+    assert {r["name"] for r in model["variants"]} == {"FT", "FT+MIGU (grad)"}
 
 
 def test_bench_adamw_smoke_json() -> None:

@@ -15,6 +15,11 @@ the top d_out - floor(T d_out) rows of each weight and zeroes the gradient of th
 MIGU+Cluster (``MIGUConfig(cluster=...)``): after ``masker.set_clusters({name: LongTensor[d_out]})``
 those targets are cut per cluster (``cut.cluster_split``) from the same statistic; targets without
 clusters keep the plain top-k cut.
+
+Scale (docs/scale.md): under FSDP2 the gradients are DTensors and ``apply()`` writes each rank's
+shard of the global mask; a ``torch.compile`` wrapper is unwrapped (the statistic traces into the
+graph); where the optimizer steps inside ``backward()`` (DeepSpeed) ``install_grad_hooks()``
+masks in the backward instead.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import scale
 from .config import MIGUConfig
 from .cut import ClusterLayout, cluster_split, num_kept, quantile_keep, topk_split
 from .sparse import SparseBackward
-from .strict import StrictRestore
+from .strict import StrictRestore, inner_optimizer
 from .targets import Target, resolve_targets
 from .tokens import TokenMasks
 
@@ -47,6 +53,27 @@ _CHUNK_BYTES_CPU = 4 << 20
 _CHUNK_BYTES_DEVICE = 64 << 20
 
 
+_SPARSE_COMPILE = (
+    "MIGUConfig(sparse_backward=True) does not run under torch.compile: its autograd function reads "
+    "the step's statistic from Python in the backward, one graph break per layer. Use the dense path "
+    "(sparse_backward=False), which compiles with no graph break, or do not compile."
+)
+
+
+_Owner = tuple[nn.Module, str] | None  # (module, attribute name) registering a parameter
+
+
+def _owner(root: nn.Module, param: torch.Tensor | None) -> _Owner:
+    """(module, attribute name) under ``root`` that registers ``param``, or None."""
+    if param is None:
+        return None
+    for module in root.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p is param:
+                return module, name
+    return None
+
+
 def _distributed_world() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
@@ -57,9 +84,26 @@ class Masker:
     """Hooks a model's target weights; see the module docstring. Build it with :func:`attach`."""
 
     def __init__(self, model: nn.Module, config: MIGUConfig, optimizer: torch.optim.Optimizer | None = None):
+        # torch.compile(model) first: hook the original module; the compiled graph runs its hooks.
+        model, compiled = scale.unwrap_compiled(model)
+        if compiled and config.sparse_backward:
+            raise ValueError(_SPARSE_COMPILE)
+        scale.refuse_unsupported_wrappers(model)
         self.model = model
         self.config = config
         self.targets: list[Target] = resolve_targets(model, config.targets, config.components)
+        for t in self.targets:
+            rows = scale.zero3_rows(t.weight, t.row_dim)
+            if rows is not None:
+                t.d_out = rows  # DeepSpeed ZeRO-3: the local weight is an empty partition
+        # Per target: (module, attribute) owning its weight, bias and statistic bias. FSDP2 swaps
+        # the registered parameters (unsharded in forward, sharded DTensors between steps, new
+        # objects if fully_shard came after attach): the statistic and apply() read them live.
+        self._owners: list[tuple[_Owner, _Owner, _Owner]] = [
+            (_owner(m, t.weight), _owner(m, t.bias), _owner(m, t.stat_bias))
+            for t in self.targets
+            for m in (t.hook_module,)
+        ]
         self.task_index = 0
         self.steps = 0
         self.masks: dict[str, torch.Tensor] = {}
@@ -91,6 +135,16 @@ class Masker:
             for t in self.targets:
                 if t.weight.requires_grad:
                     config.cluster.clusters_for(t.d_out, t.name)  # a clear error now, not at clustering
+        # Python flags the statistic hook only ever SETS (a store, never a read in the hook):
+        # torch.compile replays such stores without guarding on them, so they cost no recompile.
+        self._seen = False  # a statistic was collected since attach (apply() needs one)
+        self._fresh = False  # the statistic changed since the grad hooks last made masks
+        self._compiled_forward = False  # a hook ran inside a torch.compile graph
+        self._warned_no_grad = False
+        # Backward-time masking (install_grad_hooks): handles, and the cut of the current step.
+        self._grad_handles: list[Any] = []
+        self._hook_cut: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor | None], set[int]] | None = None
+        self._hook_fired: set[int] = set()
         self._handles.append(model.register_forward_pre_hook(self._tokens.capture, with_kwargs=True))
         for i, t in enumerate(self.targets):
             self._handles.append(t.hook_module.register_forward_hook(self._make_hook(i)))
@@ -102,6 +156,9 @@ class Masker:
             self.bind_optimizer(optimizer)
         if config.mode == "strict" and optimizer is None:
             log.info("MIGU strict mode: bind the optimizer (bind_optimizer) before the first apply()")
+        # The flat buffer exists from the start: allocated inside a compiled graph instead, the
+        # first trace would guard on "no buffer yet" and the second step would recompile.
+        self._ensure_buffer(self.targets[0].weight.device)
         log.info(
             "MIGU attached to %d weights (threshold=%.2f, preset=%s, mode=%s)",
             len(self.targets),
@@ -117,7 +174,7 @@ class Masker:
             return
         total = sum(t.d_out for t in self.targets)
         flat = torch.zeros(total + len(self.targets), dtype=torch.float32, device=device)
-        if self._flat is not None:
+        if self._flat is not None and self._flat.device.type != "meta":  # meta: attached before to_empty()
             flat.copy_(self._flat.to(device))
         self._flat = flat
         views: list[torch.Tensor | None] = [None] * len(self.targets)
@@ -140,10 +197,12 @@ class Masker:
                 return  # evaluation forward passes do not feed the statistic
             if not target.weight.requires_grad:
                 return  # frozen (e.g. an old task's LoRA): never masked, so never measured
+            if torch.compiler.is_compiling():
+                self._compiled_forward = True  # traced: a constant store, replayed by the graph's caller
             y = output[0] if isinstance(output, tuple) else output
             if self._examples is not None:  # per_example(): profiles only, the training statistic untouched
                 self._examples.setdefault(target.name, []).append(
-                    self._example_stats(target, y.detach(), cfg)
+                    self._example_stats(i, target, y.detach(), cfg)
                 )
                 return
             self._accumulate(i, target, y.detach(), cfg)
@@ -151,8 +210,10 @@ class Masker:
         return hook
 
     def _chunk_buffer(self, numel: int, device: torch.device) -> torch.Tensor:
-        if device.type != "cpu":
-            return torch.empty(numel, dtype=torch.float32, device=device)  # the caching allocator reuses it
+        if device.type != "cpu" or torch.compiler.is_compiling():
+            # Device: the caching allocator reuses it. Compiled: the compiler plans the buffer, and a
+            # persistent scratch would put a guard on its state (a recompile on the second step).
+            return torch.empty(numel, dtype=torch.float32, device=device)
         if self._scratch is None or self._scratch.numel() < numel:
             self._scratch = torch.empty(numel, dtype=torch.float32)
         return self._scratch
@@ -160,14 +221,24 @@ class Masker:
     @torch.no_grad()
     def _accumulate(self, i: int, target: Target, y: torch.Tensor, cfg: MIGUConfig) -> None:
         d = y.shape[-1]
+        if d != target.d_out:
+            raise RuntimeError(
+                f"MIGU target {target.name}: the layer output has {d} features but the weight has "
+                f"{target.d_out} rows (tensor parallelism shards layer outputs: MIGU supports data "
+                "parallelism only: DDP, FSDP2, DeepSpeed ZeRO)"
+            )
+        self._seen = self._fresh = True
         y2 = y.reshape(-1, d)  # [N, d_out], a view for contiguous outputs
         n = y2.shape[0]
         tok, count = self._tokens.weights(target.stream, y.shape[:-1], y.device, n)  # [N] 1 = real token
-        bias = target.stat_bias.detach() if not cfg.stat_bias and target.stat_bias is not None else None
+        bias = self._stat_bias(i, target) if not cfg.stat_bias else None
         fused_sub = bias is not None and y.dtype == torch.float32 and bias.dtype == torch.float32
         if bias is not None and not fused_sub:
             bias = bias.float()  # bf16 outputs: subtract in fp32, as the fp32 reference does
-        self._ensure_buffer(target.weight.device)
+        home = target.weight.device
+        # Attached on meta, then to_empty(): the new parameters are adopted at apply(); until then
+        # the buffer follows the output.
+        self._ensure_buffer(y.device if home.type == "meta" else home)
         into = self._stat_views[i]  # [d_out] fp32 slot of this target in the flat buffer
         # Usually the chunks add straight into the flat buffer (no per-layer temporary, no extra add);
         # a sparse target also needs this forward's statistic alone, and a model split over devices
@@ -210,20 +281,33 @@ class Masker:
             self._sparse.add(i, stat, count)  # this forward's statistic, read by the sparse backward
 
     @torch.no_grad()
-    def _example_stats(self, target: Target, y: torch.Tensor, cfg: MIGUConfig) -> torch.Tensor:
+    def _example_stats(self, i: int, target: Target, y: torch.Tensor, cfg: MIGUConfig) -> torch.Tensor:
         """[B, d_out] fp32: each example's statistic (the same magnitude, normalization and real-token
         mean as the training statistic, over that example's tokens only)."""
         d = y.shape[-1]
         b, tok = self._tokens.example_weights(target.stream, y.shape[:-1], y.device)  # B, [B, L] or None
         a = y.reshape(b, -1, d).float()  # [B, L, d_out]
-        if not cfg.stat_bias and target.stat_bias is not None:
-            a = a - target.stat_bias.detach().float()
+        bias = self._stat_bias(i, target) if not cfg.stat_bias else None
+        if bias is not None:
+            a = a - bias.float()
         a = a.abs()
         if cfg.normalize:
             a = a / a.sum(-1, keepdim=True).clamp_min(_EPS)
         if tok is None:
             return a.mean(1)
         return torch.einsum("bld,bl->bd", a, tok) / tok.sum(1, keepdim=True).clamp_min(1.0)
+
+    def _stat_bias(self, i: int, target: Target) -> torch.Tensor | None:
+        """The bias the statistic leaves out, as registered now (FSDP2: the unsharded one)."""
+        owner = self._owners[i][2]
+        bias = getattr(*owner) if owner is not None else target.stat_bias
+        if bias is None:
+            return None
+        if scale.is_dtensor(bias):
+            # Resharded before this hook ran (fully_shard on the linear itself): gather it. Every rank
+            # runs the same forwards under FSDP, so the collective lines up.
+            bias = bias.full_tensor()
+        return bias.detach()
 
     # ------------------------------------------------------------------ public API
     @contextlib.contextmanager
@@ -306,6 +390,9 @@ class Masker:
         """Drop the accumulated statistics."""
         if self._flat is not None:
             self._flat.zero_()
+        self._fresh = False
+        self._hook_cut = None
+        self._hook_fired = set()
 
     def _cut(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor | None], set[int]]:
         """Per target: [d_out] bool keep mask, the [t] masked row indices of a fixed-count cut (top-k,
@@ -364,12 +451,23 @@ class Masker:
         """Turn the cached statistics into row masks and mask the gradients; reset statistics.
 
         Call once per optimizer step, after ``backward()`` of the last micro-batch and before
-        gradient clipping and ``optimizer.step()``. Returns ``masks`` ({name: BoolTensor[d_out]},
-        True = row updated), only for targets that had a gradient. With ``sparse_backward`` the
-        gradients of the sparse targets are already masked; their mask is the rows that got a
-        gradient (the union over micro-batches).
+        gradient clipping and ``optimizer.step()`` (with a ``GradScaler``: after
+        ``scaler.unscale_(optimizer)``, see docs/scale.md). Returns ``masks`` ({name:
+        BoolTensor[d_out]}, True = row updated), only for targets that had a gradient. With
+        ``sparse_backward`` the gradients of the sparse targets are already masked; their mask is
+        the rows that got a gradient (the union over micro-batches). After
+        :meth:`install_grad_hooks` the backward has masked every gradient: ``apply()`` only closes
+        the step (returns the masks of the last backward, resets the statistics).
+
+        FSDP2: a gradient that is a DTensor (``Shard(0)``) gets the rows of the global mask that its
+        local shard holds; the statistics are reduced first, as in DDP.
         """
         self.steps += 1
+        self._refresh_params()
+        if self._compiled_forward and self._sparse is not None:
+            raise RuntimeError(_SPARSE_COMPILE)
+        if self._grad_handles:
+            return self._close_hooked_step()
         with_grad = [i for i, t in enumerate(self.targets) if t.weight.grad is not None]
         if self.config.skip_first_task and self.task_index == 0:
             self.masks = {
@@ -380,12 +478,22 @@ class Masker:
             if self._sparse is not None:
                 self._sparse.reset_applied()
             return self.masks
-        if with_grad and self._flat is None:
+        if with_grad and not self._seen:
             raise RuntimeError(
                 "MIGU apply() found gradients but no statistics: run the forward pass of the attached "
-                "model (with gradients enabled) before apply()."
+                "model (with gradients enabled) before apply(). Under torch.compile: a graph compiled "
+                "before attach (this model, or another instance of its class, already ran compiled) "
+                "does not call the new hooks, as torch._dynamo.config.skip_nnmodule_hook_guards is on "
+                "by default: attach before the first compiled call, or call torch._dynamo.reset()."
             )
-        keeps, drops, by_mask = self._cut() if self._flat is not None else ({}, {}, set())
+        if self._seen and not with_grad and not self._warned_no_grad:
+            self._warned_no_grad = True
+            log.warning(
+                "MIGU apply() found statistics but no gradient on any target: nothing was masked. If "
+                "the optimizer step runs inside backward() (DeepSpeed, also through Accelerate), call "
+                "masker.install_grad_hooks() once so that the backward masks the gradients."
+            )
+        keeps, drops, by_mask = self._cut() if self._seen else ({}, {}, set())
         self.masks = {}
         grads: list[torch.Tensor] = []
         factors: list[torch.Tensor] = []
@@ -405,7 +513,9 @@ class Masker:
             keep = keeps[i].to(t.weight.device)
             self.masks[t.name] = keep
             drop = drops[i]
-            if drop is not None:
+            if scale.is_dtensor(grad) or scale.is_dtensor(bias_grad):
+                self._mask_shards(t, keep, grad, bias_grad)
+            elif drop is not None:
                 # Zero the masked rows in place: index_fill_ writes t rows and reads nothing, where a
                 # multiply by the 0/1 mask reads and writes all d_out rows.
                 drop = drop.to(grad.device)
@@ -428,6 +538,175 @@ class Masker:
             self._sparse.reset_applied()
         self._tokens.clear()
         return self.masks
+
+    def _mask_shards(
+        self, t: Target, keep: torch.Tensor, grad: torch.Tensor, bias_grad: torch.Tensor | None
+    ) -> None:
+        """FSDP2: zero this rank's rows of the global mask in the local gradient shards, in place.
+
+        The slice ``keep[start:stop]`` needs no host sync (the local masked count varies per rank,
+        which index_fill_ with global indices would need).
+        """
+        for g, dim in ((grad, t.row_dim), (bias_grad, 0)):
+            if g is None:
+                continue
+            shard = scale.row_shard(g, dim, f"{t.name} ({'bias' if g is bias_grad else 'weight'} gradient)")
+            drop = ~keep[shard.start : shard.stop]  # [local rows] True = masked
+            if shard.local.dim() > 1:
+                drop = drop.unsqueeze(1) if dim == 0 else drop.unsqueeze(0)  # broadcast over d_in
+            shard.local.masked_fill_(drop, 0)
+
+    def _refresh_params(self) -> None:
+        """Follow parameters that were replaced after attach (fully_shard swaps in DTensors)."""
+        for t, (w_owner, b_owner, _) in zip(self.targets, self._owners, strict=True):
+            if w_owner is not None:
+                w = getattr(*w_owner)
+                if w is not t.weight and isinstance(w, nn.Parameter):
+                    t.weight = w
+            if b_owner is not None:
+                b = getattr(*b_owner)
+                if b is not t.bias and isinstance(b, nn.Parameter):
+                    t.bias = b
+
+    # ------------------------------------------------------------------ backward-time masking
+    def install_grad_hooks(self) -> None:
+        """Opt-in: mask each target's gradient inside ``backward()``, before anything reads it.
+
+        For loops with no window between backward and the optimizer step: DeepSpeed steps inside
+        ``engine.backward()`` (also through ``accelerator.backward()``) and reduces gradients from
+        its own hooks. A tensor hook on each target weight (and masked bias) returns the masked
+        gradient before it is accumulated, so DeepSpeed's reduction, DDP's all-reduce and any fp32
+        master copy only ever see masked rows. Still call :meth:`apply` once per optimizer step
+        (after the last micro-batch's backward, before or after the step): it closes the step.
+
+        Semantics: the masks of a backward come from the statistic accumulated since the last
+        ``apply()`` up to and including the latest forward, reduced across ranks (one all_reduce
+        per backward, made by the first hook that fires). With one micro-batch per step this is
+        exactly ``apply()``. With gradient accumulation, micro-batch m's gradient gets the mask of
+        micro-batches 1..m; the last one gets the step's mask (the one ``apply()`` would make),
+        earlier ones may keep rows that the step's mask drops.
+
+        Refused: strict mode (it needs the window before the step) and FSDP2 (its sharded
+        gradients appear after the backward: use ``apply()``). Sparse-backward targets are
+        masked by their own backward and get no hook.
+        """
+        if self._grad_handles:
+            return
+        if self.config.mode == "strict":
+            raise ValueError(
+                "Masker.install_grad_hooks() does not support MIGUConfig.mode='strict': strict mode "
+                "saves masked rows between backward and the optimizer step, which backward-time "
+                "masking (DeepSpeed) does not have. Use mode='grad'."
+            )
+        self._refresh_params()
+        if any(scale.is_dtensor(t.weight) for t in self.targets):
+            raise ValueError(
+                "Masker.install_grad_hooks() is not for FSDP2 (DTensor parameters): its gradients are "
+                "reduced and sharded after the backward, where apply() masks them. Call apply()."
+            )
+        for i, t in enumerate(self.targets):
+            if i in self._sparse_set:
+                continue
+            params = [(t.weight, t.row_dim)]
+            if self.config.mask_bias and t.bias is not None:
+                params.append((t.bias, 0))
+            for p, dim in params:
+                if p.requires_grad:
+                    self._grad_handles.append(p.register_hook(self._make_grad_hook(i, dim)))
+        log.info("MIGU masks in the backward: %d gradient hooks", len(self._grad_handles))
+
+    def remove_grad_hooks(self) -> None:
+        """Back to masking in :meth:`apply`."""
+        for h in self._grad_handles:
+            h.remove()
+        self._grad_handles = []
+        self._hook_cut = None
+        self._hook_fired = set()
+
+    def _make_grad_hook(self, i: int, dim: int):
+        cfg = self.config
+
+        def hook(grad: torch.Tensor) -> torch.Tensor | None:
+            if cfg.skip_first_task and self.task_index == 0:
+                return None
+            keeps, drops, by_mask = self._backward_cut()
+            self._hook_fired.add(i)
+            drop = drops[i]
+            # Out of place: a tensor hook must not modify its argument (autograd may still use it).
+            if drop is not None:
+                return grad.index_fill(dim, drop.to(grad.device), 0)
+            if i not in by_mask:
+                return None  # a fixed-count cut with no masked row (T = 0)
+            row = keeps[i].to(device=grad.device, dtype=grad.dtype)
+            if grad.dim() > 1:
+                row = row.unsqueeze(1) if dim == 0 else row.unsqueeze(0)  # broadcast over d_in
+            return grad * row
+
+        return hook
+
+    def _backward_cut(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor | None], set[int]]:
+        """The cut for the running backward: made once per new statistic, all targets together."""
+        if self._hook_cut is not None and not self._fresh:
+            return self._hook_cut
+        if not self._seen:
+            raise RuntimeError(
+                "MIGU gradient hook: a backward ran with no statistic; run the forward pass of the "
+                "attached model (with gradients enabled) before backward()."
+            )
+        assert self._flat is not None
+        # _cut() sums the statistics across ranks in place; later micro-batches of this step add
+        # their local sums, so the local sums come back afterwards (one copy of the flat buffer).
+        local = self._flat.clone() if _distributed_world() > 1 else None
+        self._hook_cut = self._cut()
+        if local is not None:
+            self._flat.copy_(local)
+        self._fresh = False
+        return self._hook_cut
+
+    def _close_hooked_step(self) -> dict[str, torch.Tensor]:
+        """apply() after install_grad_hooks(): the masks the backward used; statistics reset."""
+        if self.config.skip_first_task and self.task_index == 0:
+            self.masks = {
+                t.name: torch.ones(t.d_out, dtype=torch.bool, device=t.weight.device)
+                for t in self.targets
+                if t.weight.requires_grad
+            }
+        else:
+            self.masks = {}
+            if self._hook_cut is not None:
+                keeps = self._hook_cut[0]
+                for i in sorted(self._hook_fired):
+                    t = self.targets[i]
+                    self.masks[t.name] = keeps[i].to(t.weight.device)
+        if self._sparse is not None:
+            for i in self._sparse_set:
+                applied = self._sparse.applied_mask(i)
+                if applied is not None:
+                    self.masks[self.targets[i].name] = applied
+            self._sparse.reset_applied()
+        self.reset()
+        self._tokens.clear()
+        return self.masks
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """ValueError unless ``optimizer`` updates the target weights whose gradients MIGU masks.
+
+        Catches the mixed-precision hazard where the optimizer steps fp32 master copies: masking
+        the model's (bf16) gradients after they were copied to the masters, or masking tensors the
+        optimizer never reads, leaves the masked rows free to move.
+        """
+        inner = inner_optimizer(optimizer)
+        held = {id(p) for group in inner.param_groups for p in group["params"]}
+        self._refresh_params()
+        missing = [t.name for t in self.targets if t.weight.requires_grad and id(t.weight) not in held]
+        if missing:
+            raise ValueError(
+                f"the optimizer does not update {len(missing)} of the {len(self.targets)} MIGU target "
+                f"weights (e.g. {missing[0]}): MIGU masks model.param.grad, so an optimizer over other "
+                "tensors (fp32 master copies) never sees the masks. Mask before the gradients are "
+                "copied to the masters and give the copies' optimizer the masked gradients, or build "
+                "the optimizer over the model's parameters (autocast keeps them fp32)."
+            )
 
     # ------------------------------------------------------------------ strict mode
     @property
@@ -452,8 +731,10 @@ class Masker:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.remove_grad_hooks()
         self._strict.remove()
         self._flat = None
+        self._seen = False
         self._stat_views = []
         self._count_view = None
         self._tokens.clear()

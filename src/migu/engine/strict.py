@@ -5,6 +5,11 @@ Gradient masking alone still lets AdamW move a masked row through momentum and w
 Before the step, :meth:`StrictRestore.save` copies the masked rows of each weight (and of its
 moment tensors); a step post-hook copies them back. The top-k cut has a fixed masked count, so only
 those rows are copied (no host sync); the quantile cut saves whole tensors and blends by the mask.
+
+FSDP2: parameters and moments are DTensors sharded on dim 0 (``optimizer.state`` is keyed by the
+sharded parameter, its ``exp_avg``/``exp_avg_sq`` sharded alike). Each rank saves and restores
+its local shards, blending by its slice of the global keep mask (the local masked count differs
+per rank, so the index path would need a host sync).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .scale import is_dtensor, row_shard, to_local
 from .targets import Target
 
 
@@ -35,8 +41,9 @@ class StrictRestore:
     def __init__(self) -> None:
         self.optimizer: torch.optim.Optimizer | None = None
         self._handle: Any = None
-        # per parameter: (param, dim of rows or -1, masked row indices or a broadcast keep mask,
-        # saved masked rows / saved param, saved optimizer state)
+        # per parameter: (param (the optimizer's state key), dim of rows or -1, masked row indices or
+        # a broadcast keep mask, saved masked rows / saved param, saved optimizer state); under FSDP2
+        # the mask, the saved tensors and the writes are those of the local shard.
         self._saved: list[tuple[nn.Parameter, int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
 
     def bind(self, optimizer: torch.optim.Optimizer) -> None:
@@ -68,6 +75,14 @@ class StrictRestore:
                 continue
             dim = t.row_dim if p.dim() > 1 else 0
             state = row_states(self.optimizer, p)
+            if is_dtensor(p):
+                shard = row_shard(p, dim, t.name)
+                local_keep = keep[shard.start : shard.stop]
+                if p.dim() > 1:
+                    local_keep = local_keep.unsqueeze(1 - dim)  # broadcast over d_in
+                full = {k: to_local(v).detach().clone() for k, v in state.items()}
+                self._saved.append((p, -1, local_keep, shard.local.detach().clone(), full))
+                continue
             if drop is not None:
                 # Top-k cut: save only the masked rows (a fixed count: no host sync) and copy them back
                 # after the step; the kept rows are neither copied nor touched.
@@ -82,8 +97,9 @@ class StrictRestore:
     @torch.no_grad()
     def _restore(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """After the step: masked rows of weights and optimizer state get their old values back."""
-        for p, dim, where, saved_p, saved_state in self._saved:
-            states = row_states(optimizer, p)
+        for param, dim, where, saved_p, saved_state in self._saved:
+            p = to_local(param)  # FSDP2: the local shard (a view), like everything saved for it
+            states = {k: to_local(v) for k, v in row_states(optimizer, param).items()}
             if dim >= 0:  # `where` = masked row indices; saved_* = those rows
                 p.index_copy_(dim, where, saved_p)
                 for key, value in states.items():

@@ -145,6 +145,12 @@ class TokenMasks:
         Every layer of a stream sees the same tokens: the reshape/cast and the sum run once per
         (stream, shape, device) and forward, not once per layer.
         """
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph the compiler dedups the per-layer recomputation, and reading the
+            # cache would guard on its (per-forward) state: one recompile on the second step.
+            m = self._weights(stream, lead_shape, device)
+            count = m.sum() if m is not None else torch.full((), float(n), dtype=torch.float32, device=device)
+            return m, count
         if self._owner is not self.masks:  # a new forward call set new token masks
             self._owner, self._cache = self.masks, {}
         key = (stream, tuple(lead_shape), device)
