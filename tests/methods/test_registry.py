@@ -33,6 +33,7 @@ def test_list_methods() -> None:
     assert list_methods() == [
         *("ft", "lora", "inclora", "olora", "lora_replay", "ft_replay"),
         *("ewc", "lora_ewc", "lwf", "lora_lwf", "derpp", "lora_derpp", "osf"),
+        "das",
     ]
 
 

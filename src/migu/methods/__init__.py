@@ -8,6 +8,7 @@ masker after ``on_task_start``; the config refuses ``migu`` for a method with
 """
 
 from .base import REGIMES, CLMethod, ForwardOutput, MethodNeeds, ModelInfo, StepContext, TaskContext
+from .das import DAS
 from .derpp import DERPP, LoRADERPP
 from .ewc import EWC, LoRAEWC
 from .ft import FT
@@ -28,6 +29,7 @@ from .registry import (
 from .replay import FTReplay, LoRAReplay, replay_count
 
 __all__ = [
+    "DAS",
     "DERPP",
     "EWC",
     "FT",

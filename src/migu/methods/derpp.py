@@ -24,6 +24,20 @@ the encoder family (-inf off the row's options: the MSE reads only finite entrie
 tokens and C = vocab for the generative ones (full fp32 rows: buffer_size x k x vocab x 4 bytes,
 about 50 MB for 200 rows of 2-token answers at T5's 32k vocab; the checkpoint holds them too).
 
+In continual pre-training (the masked-LM stage: the rows are token blocks, masked at random by the
+collator each time they are collated) a buffer row is the training batch's row *as masked*
+(``input_ids``, ``attention_mask``, ``labels`` as lists), so a replay reuses its masking and its
+stored target, and the target is the encoder's last hidden state at the row's real positions, a
+[L, H] block (ContinualLM's choice, ``networks/baselines/memory.py::Buffer.add_from_loader``
+stores ``hidden_states[-1]`` and ``approaches/compute_gradient.py`` replays it by MSE): the
+vocabulary logits at the masked positions would take 12x the memory (200 rows of 128-token MiniLM
+blocks: 39 MB of hidden states, 460 MB of logits). The hidden states come from a forward hook on the
+encoder (``_encoder.find_encoder``), held while the task trains. ContinualLM fills its buffer once
+per domain after training, from its first 10k blocks with the end-of-domain model; here it is the
+paper's reservoir over the training stream, as in the other regimes. Replayed rows are stacked
+as stored (run_mlm blocks all have one length; rows of different lengths are right-padded with id 0,
+attention 0, label -100, which reaches no real position).
+
 Which rows a batch holds: the runner hands ``step_loss`` a collated batch, not rows, so each
 training row of the task is keyed by its real input ids (``attention_mask``) and real labels
 (``!= -100``), computed once per task through the family's ``collate``; a batch's rows are looked up
@@ -42,14 +56,17 @@ import logging
 import math
 import random
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..benchmarks.data import Example
+from ._encoder import Encoder, find_encoder, last_hidden
 from ._options import check_float, check_int
 from .base import Batch, CLMethod, MethodNeeds, StepContext, TaskContext
 from .ft import FT
@@ -114,6 +131,47 @@ def logit_mse(new: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(new[keep].float(), stored[keep].float())
 
 
+def is_token_blocks(rows: Sequence[Any]) -> bool:
+    """True for the masked-LM stage's rows (``benchmarks.corpus.Blocks``: mappings of token lists)."""
+    return bool(rows) and isinstance(rows[0], Mapping) and "input_ids" in rows[0]
+
+
+MLM_FIELDS = ("input_ids", "attention_mask", "labels")
+
+
+def masked_rows(batch: Batch) -> list[dict[str, list[int]]]:
+    """The rows of a collated MLM batch as they were masked (lists: JSON in the checkpoint)."""
+    ids = batch["input_ids"].detach().cpu()
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask.detach().cpu()
+    labels = batch["labels"].detach().cpu()
+    return [
+        {"input_ids": ids[i].tolist(), "attention_mask": mask[i].tolist(), "labels": labels[i].tolist()}
+        for i in range(ids.shape[0])
+    ]
+
+
+def stack_rows(rows: Sequence[Mapping[str, Sequence[int]]], device: torch.device) -> Batch:
+    """A batch of stored MLM rows, right-padded (id 0, attention 0, label -100) to the longest."""
+    length = max(len(r["input_ids"]) for r in rows)
+    pads = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE}
+    return {
+        k: torch.tensor(
+            [list(r[k]) + [pads[k]] * (length - len(r[k])) for r in rows], dtype=torch.long, device=device
+        )
+        for k in MLM_FIELDS
+    }
+
+
+def real_positions(hidden: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
+    """[B, L, H] hidden states as one [k_i, H] block per row: its real (attended) positions."""
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return list(hidden)
+    keep = mask.to(hidden.device).bool()
+    return [hidden[i][keep[i]] for i in range(hidden.shape[0])]
+
+
 def _row_to_json(row: Any) -> dict[str, Any]:
     """A dataclass row (the benchmark's Example or a stand-in) as its fields; else JSON data as is."""
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
@@ -161,6 +219,11 @@ class DERPPMixin(CLMethod):
     _seen: int = field(default=0, init=False, repr=False, compare=False)
     _index: dict[RowKey, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _calls: int = field(default=0, init=False, repr=False, compare=False)
+    # masked-LM stage: the encoder's last hidden state of the latest forward, from a hook held per task
+    _masked_lm: bool = field(default=False, init=False, repr=False, compare=False)
+    _encoder: Encoder | None = field(default=None, init=False, repr=False, compare=False)
+    _hook: RemovableHandle | None = field(default=None, init=False, repr=False, compare=False)
+    _hidden: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)  # [B, L, H]
 
     def validate(self) -> None:
         super().validate()
@@ -212,16 +275,22 @@ class DERPPMixin(CLMethod):
         return rng.sample(range(n), min(size, n))
 
     def insert(self, batch: Batch, logits: torch.Tensor) -> None:
-        """Offer the batch's rows, with their logits, to the reservoir."""
-        keys = row_keys(batch)
-        try:
-            rows = [self._index[k] for k in keys]
-        except KeyError:
-            raise RuntimeError(
-                f"method {self.name!r}: a training batch row matches none of the task's rows "
-                "(DER++ keys rows by real input ids and labels; this family collates otherwise)"
-            ) from None
-        for row, z in zip(rows, split_logits(logits.detach(), batch), strict=True):
+        """Offer the batch's rows, with their logits (masked LM: their [B, L, H] hidden states), to the
+        reservoir."""
+        if self._masked_lm:
+            rows: list[Any] = masked_rows(batch)
+            targets = real_positions(logits.detach(), batch)
+        else:
+            keys = row_keys(batch)
+            try:
+                rows = [self._index[k] for k in keys]
+            except KeyError:
+                raise RuntimeError(
+                    f"method {self.name!r}: a training batch row matches none of the task's rows "
+                    "(DER++ keys rows by real input ids and labels; this family collates otherwise)"
+                ) from None
+            targets = split_logits(logits.detach(), batch)
+        for row, z in zip(rows, targets, strict=True):
             slot = reservoir_slot(self._seen, self.buffer_size, self.seed)
             self._seen += 1
             if slot < 0:
@@ -233,25 +302,59 @@ class DERPPMixin(CLMethod):
             else:
                 self._rows[slot], self._logits[slot] = row, z
 
-    def _replay(self, ctx: StepContext, slots: list[int]) -> Any:
+    def _replay(self, ctx: StepContext, slots: list[int]) -> tuple[Any, torch.Tensor]:
+        """The family's output on the buffer rows at ``slots`` and what the MSE compares: the [R, C]
+        logits, or (masked LM) the [R, H] hidden states at the rows' real positions."""
+        rows = [self._rows[j] for j in slots]
+        if self._masked_lm:
+            batch = stack_rows(rows, ctx.task.device)
+            out = ctx.forward(batch)
+            if self._hidden is None or self._hidden.shape[:2] != batch["input_ids"].shape:
+                raise RuntimeError(f"method {self.name!r}: the encoder's hidden states were not captured")
+            return out, torch.cat(real_positions(self._hidden, batch))
         assert ctx.task.collate is not None
-        return ctx.forward(ctx.task.collate([self._rows[j] for j in slots]))
+        out = ctx.forward(ctx.task.collate(rows))
+        return out, out.logits
+
+    def _watch(self, model: nn.Module) -> None:
+        """Hold a hook that keeps the encoder's last hidden state of each forward (masked LM)."""
+        self._unwatch()
+        self._encoder = find_encoder(model)
+
+        def keep(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            self._hidden = last_hidden(output)
+
+        self._hook = self._encoder.backbone.register_forward_hook(keep)
+
+    def _unwatch(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook, self._hidden, self._encoder = None, None, None
 
     # ------------------------------------------------------------------ hooks
     def on_task_start(self, ctx: TaskContext) -> None:
         super().on_task_start(ctx)
         self._calls = 0
         self._index = {}
+        self._masked_lm = is_token_blocks(ctx.examples)
         if ctx.rebuilding:
             return
-        self.index_rows(ctx, ctx.examples)
+        if self._masked_lm:
+            self._watch(ctx.model)  # the rows are masked afresh at each collation: stored as trained
+        else:
+            self.index_rows(ctx, ctx.examples)
         self._logits = [z.to(ctx.device) for z in self._logits]
 
     def step_loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         """{"der_mse": alpha * MSE on buffer logits, "der_ce": beta * CE on buffer labels}; then the
         batch's rows enter the reservoir (zeros while the buffer is empty)."""
         terms = super().step_loss(ctx)
-        if ctx.output.logits is None:
+        current = ctx.output.logits
+        if self._masked_lm:  # the training forward's hidden states, before the replays replace them
+            current = self._hidden
+            if current is None or current.shape[:2] != ctx.batch["input_ids"].shape:
+                raise RuntimeError(f"method {self.name!r}: the encoder's hidden states were not captured")
+        if current is None:
             raise RuntimeError(f"method {self.name!r}: the family's forward gave no logits to store")
         device = ctx.output.loss.device
         mse = ce = torch.zeros((), device=device)
@@ -259,13 +362,13 @@ class DERPPMixin(CLMethod):
             size = self.minibatch or ctx.task.batch_size
             if self.alpha > 0.0:
                 slots = self.draw(ctx.task_index, self._calls, "mse", size)
-                out = self._replay(ctx, slots)
-                stored = torch.cat([self._logits[j] for j in slots]).to(out.logits.device)  # [R, C]
-                mse = self.alpha * logit_mse(out.logits, stored)
+                _, new = self._replay(ctx, slots)
+                stored = torch.cat([self._logits[j] for j in slots]).to(new.device)  # [R, C]
+                mse = self.alpha * logit_mse(new, stored)
             if self.beta > 0.0:
-                out = self._replay(ctx, self.draw(ctx.task_index, self._calls, "ce", size))
+                out, _ = self._replay(ctx, self.draw(ctx.task_index, self._calls, "ce", size))
                 ce = self.beta * out.loss
-        self.insert(ctx.batch, ctx.output.logits)
+        self.insert(ctx.batch, current)
         self._calls += 1
         terms["der_mse"], terms["der_ce"] = mse, ce
         return terms
@@ -273,6 +376,7 @@ class DERPPMixin(CLMethod):
     def on_task_end(self, ctx: TaskContext) -> None:
         super().on_task_end(ctx)
         self._index = {}
+        self._unwatch()  # before the end tasks copy the encoder (a deep copy would copy the hook)
         if not ctx.rebuilding:
             n, seen = len(self._rows), self._seen
             log.info("DER++: %d rows in the buffer after %d seen (task %r)", n, seen, ctx.task_name)
@@ -317,9 +421,10 @@ class DERPPMixin(CLMethod):
 
 @dataclass
 class DERPP(DERPPMixin, FT):
-    """FT + DER++."""
+    """FT + DER++ (also in continual pre-training: ContinualLM's ``derpp`` baseline)."""
 
     name: ClassVar[str] = "derpp"
+    regimes: ClassVar[tuple[str, ...]] = ("finetune", "pretrain", "instruct")
     paper_name: ClassVar[str] = "DER++"
     description: ClassVar[str] = (
         "FT plus DER++: a 200-row reservoir buffer of earlier rows with their logits; MSE to the "

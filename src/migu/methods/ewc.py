@@ -22,6 +22,12 @@ task). ``online: true`` keeps one pair (Schwarz et al.): ``F <- gamma F + F_new`
 latest parameters. Memory: 2 fp32 copies of the trainable parameters per finished task (one in all
 with ``online``); for FT that is the whole model, for LoRA just the adapters and the head.
 
+Continual pre-training (``EWC`` runs in the ``pretrain`` regime, as ContinualLM's ``ewc`` baseline):
+the Fisher is that of the family's MLM loss on the domain's blocks, each masked by the collator as it
+is collated. ContinualLM computes it on the first 10k blocks in batches of 100, in train mode
+(``networks/baselines/ewc.py::compute``); ``fisher_samples`` and ``fisher_batch_size`` give the
+same trade-off here (the default is every block, one at a time).
+
 Defaults and their sources. ``ewc_lambda`` 2500: the penalty above has no 1/2 (the form of Mammoth's
 online EWC, ``models/ewc_on.py``, and of Avalanche); ContinualLM writes ``lamb / 2 * sum F (Δθ)^2``
 and sets ``args.lamb = 5000`` for EWC (``utils/model.py``, grid 500..50000, "best was 5000"), which
@@ -64,7 +70,8 @@ def empirical_fisher(
     """sum_B (|B|/n) |B| g_B^2 over ``rows`` in batches of ``batch_size`` (fp32, one tensor per param).
 
     Gradients come from ``torch.autograd.grad`` so no ``.grad`` is touched; the model runs in eval
-    mode and is put back in its previous mode.
+    mode and is put back in its previous mode. A batch whose loss is not finite has no target (an
+    MLM block in which the collator chose no token: the mean over zero positions) and adds zero.
     """
     names = list(params)
     tensors = [params[n] for n in names]
@@ -73,11 +80,15 @@ def empirical_fisher(
     model = ctx.model
     was_training = model.training
     model.eval()
+    skipped = 0
     try:
         for batch in ctx.batches(rows, batch_size=batch_size):
             size = int(batch["input_ids"].shape[0])
             with torch.enable_grad():
                 loss = ctx.run_forward(batch).loss
+                if not bool(torch.isfinite(loss)):  # no target (an MLM block with no chosen token)
+                    skipped += 1
+                    continue
                 grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             scale = size * size / n
             for f, g in zip(fisher, grads, strict=True):
@@ -85,6 +96,8 @@ def empirical_fisher(
                     f.add_(g.detach().float().pow(2), alpha=scale)
     finally:
         model.train(was_training)
+    if skipped:
+        log.info("EWC: %d of the Fisher's batches had no finite loss (no target): counted as zero", skipped)
     return dict(zip(names, fisher, strict=True))
 
 
@@ -257,9 +270,12 @@ class EWCMixin(CLMethod):
 
 @dataclass
 class EWC(EWCMixin, FT):
-    """FT + EWC: every weight trains, held near each old task's solution by its Fisher."""
+    """FT + EWC: every weight trains, held near each old task's solution by its Fisher. Also in the
+    continual pre-training regime (ContinualLM's ``ewc`` baseline), where the Fisher is that of the
+    family's MLM loss on the domain's blocks, masked by the collator."""
 
     name: ClassVar[str] = "ewc"
+    regimes: ClassVar[tuple[str, ...]] = ("finetune", "pretrain", "instruct")
     paper_name: ClassVar[str] = "EWC"
     description: ClassVar[str] = (
         "FT plus EWC: a Fisher-weighted quadratic penalty pulls weights back toward each earlier "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import CLMethod
+from .das import DAS
 from .derpp import DERPP, LoRADERPP
 from .ewc import EWC, LoRAEWC
 from .ft import FT
@@ -20,6 +21,7 @@ METHODS: dict[str, type[CLMethod]] = {
     for cls in (
         *(FT, LoRA, IncLoRA, OIncLoRA, LoRAReplay, FTReplay),
         *(EWC, LoRAEWC, LwF, LoRALwF, DERPP, LoRADERPP, OSF),  # the finetuning baselines (issue 14)
+        DAS,  # continual pre-training only
     )
 }
 
