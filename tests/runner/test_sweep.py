@@ -134,7 +134,7 @@ def test_tune_selects_on_validation_and_touches_test_once(
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(run_cfg))
     spec = (
-        "name: tt\nbase: tiny.yaml\nselect: [recipe]\n"
+        "name: tt\nbase: tiny.yaml\nselect: [recipe]\ntest_seeds: [1, 2, 3]\n"
         "grid:\n  recipe:\n    - {label: ft-slow, method.name: ft, train.lr: 1.0e-9}\n"
         "    - {label: ft-fast, method.name: ft, train.lr: 3.0e-3}\n  migu: [off, 0.5]\n  seed: [1, 2]\n"
     )
@@ -161,14 +161,20 @@ def test_tune_selects_on_validation_and_touches_test_once(
                 row = saved["matrices"]["val_acc"][-1]
                 assert score == pytest.approx(sum(row) / len(row))
         assert c["chosen"] == max(means, key=means.get) and "highest mean val_acc" in c["reason"]
-    # 8 grid cells scored on validation only, then the 4 chosen cells (2 settings x 2 seeds) on test
-    assert (
-        sorted(p.name for p in (out / "select").iterdir() if p.is_dir())
-        and len(list((out / "test").glob("*/results.json"))) == 4
-    )
+    # 8 grid cells scored on validation only, then the chosen setting of each group at the 3
+    # test_seeds (2 groups x 3 seeds) on test
+    assert len(list((out / "select").glob("*/results.json"))) == 8
+    tested = sorted(p.parent.name for p in (out / "test").glob("*/results.json"))
+    expected = {
+        f"recipe-{choices[('ft', setting)]['chosen']}_migu-{part}_seed-{seed}"
+        for setting, part in (("off", "off"), ("T=0.5", "threshold0.5"))
+        for seed in (1, 2, 3)
+    }
+    assert set(tested) == expected
+    assert sorted(n.rsplit("seed-", 1)[1] for n in tested) == ["1", "1", "2", "2", "3", "3"]
     n_val = sum(split == "val" for _, split in splits)
     n_test = sum(split == "test" for _, split in splits)
-    assert n_val == 8 * 3 and n_test == 4 * 3  # (untrained + 2 tasks) scorings per run
+    assert n_val == 8 * 3 and n_test == 6 * 3  # (untrained + 2 tasks) scorings per run
     for cell in (out / "select").glob("*/results.json"):
         saved = json.loads(cell.read_text())
         assert set(saved["matrices"]) == {"val_acc", "val_f1"}  # test rows never scored in selection

@@ -30,6 +30,8 @@ from ..runner.summary import (
     is_sweep_dir,
     method_table,
     paired_effects,
+    paper_comparisons,
+    paper_table,
     read_sweep_dir,
 )
 from . import plots
@@ -250,6 +252,16 @@ def _runs_section(
             "each earlier task's best accuracy.",
         )
     )
+    comparisons = paper_comparisons(r for _, r in runs)
+    if comparisons:
+        doc.add(Heading(3, "Published vs measured"))
+        doc.add(
+            Table(
+                *paper_table(comparisons),
+                caption="The published number each config carries (its `paper:` entry) beside what these "
+                "runs measured (mean ± sample std over the runs that carry it), in %.",
+            )
+        )
     if any(r.baseline is None for _, r in runs):
         missing.append(
             "some runs have no untrained baseline (eval_baseline: false): their FWT is shown as '-'"
@@ -345,6 +357,16 @@ def _sweeps_section(
                 )
             )
             doc.add(Bullets([e.sentence() for e in effects]))
+        comparisons = paper_comparisons(c.results for c in sweep.cells if c.results is not None)
+        if comparisons:
+            doc.add(Heading(4, "Published vs measured"))
+            doc.add(
+                Table(
+                    *paper_table(comparisons),
+                    caption="The sweep's `paper:` numbers beside the mean over every finished cell that "
+                    "carries them (all seeds, and all orders where the paper reports a mean over orders).",
+                )
+            )
         comp = components_table(groups)
         if comp:
             shown.add("components")

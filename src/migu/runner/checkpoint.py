@@ -54,7 +54,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
-    ignored = ("name", "data_root", "keep_checkpoints", "tensorboard")
+    ignored = ("name", "data_root", "keep_checkpoints", "tensorboard", "paper")
     relevant = {k: v for k, v in config.items() if k not in ignored}
     relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("log_every",)}
     migu = relevant.get("migu")

@@ -268,6 +268,31 @@ class InstructConfig:
 
 
 @dataclass
+class PaperConfig:
+    """The published number(s) a config reproduces, shown beside the measured ones by ``migu report``.
+
+    ``values``: {results metric: published value in %}, the metric as the run's results name it
+    (finetune: ``acc``, ``bwt``, ...; pretrain: ``final_mf1``, ``final_acc``; instruct:
+    ``final_general``, ``final_score``, ...). ``source``: where the number comes from and how it was
+    aggregated (e.g. "Table 2, mean over orders 1-3"). Bookkeeping only: not part of the config hash.
+    """
+
+    source: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ConfigError("paper.source must say where the published number comes from")
+        if not self.values:
+            raise ConfigError("paper.values must map at least one results metric to its published value")
+        for k, v in self.values.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_@.]*", k):
+                raise ConfigError(f"paper.values: {k!r} is not a results metric name (e.g. acc, final_mf1)")
+            if not math.isfinite(v) or not -100.0 <= v <= 100.0:
+                raise ConfigError(f"paper.values.{k}: {v} is not a percentage in [-100, 100]")
+
+
+@dataclass
 class RunConfig:
     """One continual-learning run: an order of tasks, one model, one method, MIGU on or off.
 
@@ -293,6 +318,7 @@ class RunConfig:
     eval_baseline: bool = True  # evaluate the untrained model (for FWT)
     keep_checkpoints: bool = False  # keep every task's checkpoint (analysis) instead of the last
     tensorboard: bool = False
+    paper: PaperConfig | None = None  # the published number(s) this config reproduces
 
     def __post_init__(self) -> None:
         if (self.order is None) == (self.tasks is None):
@@ -352,6 +378,8 @@ def _describe(hint: Any) -> str:
         return f"a list of {len(args)} " + ("numbers" if all(a is float for a in args) else "values")
     if origin is list:
         return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict and len(args) == 2 and args[1] is not Any:
+        return f"a mapping to {_describe(args[1]).removeprefix('a ').removeprefix('an ')}s"
     if origin is dict or hint is dict or (is_dataclass(hint) and isinstance(hint, type)):
         return "a mapping"
     return str(hint)
@@ -410,9 +438,11 @@ def _coerce(value: Any, hint: Any) -> Any:
             items = [_coerce(v, args[0]) for v in value] if args else list(value)
         return tuple(items) if origin is tuple else items
     if origin is dict or hint is dict:
-        if isinstance(value, dict):
-            return value
-        raise _Mismatch
+        if not isinstance(value, dict):
+            raise _Mismatch
+        if len(args) == 2 and args[1] is not Any:
+            return {k: _coerce(v, args[1]) for k, v in value.items()}  # e.g. dict[str, float]: numbers
+        return value
     return value
 
 

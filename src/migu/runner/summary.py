@@ -9,7 +9,7 @@ group give mean and sample standard deviation.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,6 +337,71 @@ def effects_table(effects: Sequence[Effect]) -> tuple[list[str], list[list[str]]
                 ci(e.by_seed),
                 ci(e.by_rows),
                 verdict,
+            ]
+        )
+    return header, rows
+
+
+# ---------------------------------------------------------------------------- published vs measured
+@dataclass
+class PaperComparison:
+    """Finished runs that carry the same published number (config ``paper``), and what they measured."""
+
+    method: str
+    setting: str
+    metric: str
+    paper: float  # in %
+    source: str
+    measured: list[float] = field(default_factory=list)  # in %, one per run that has the metric
+    runs: int = 0
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.measured) if self.measured else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.measured) if len(self.measured) > 1 else None
+
+
+def paper_comparisons(results: Iterable[RunResults]) -> list[PaperComparison]:
+    """Group complete runs by (method, MIGU setting, metric, published value, source).
+
+    The measured side is the mean over every such run (all seeds, and all orders of a sweep whose
+    paper number is a mean over orders, as Table 2's are): the paper's own aggregation.
+    """
+    out: dict[tuple[Any, ...], PaperComparison] = {}
+    for r in results:
+        paper = r.config.get("paper") if isinstance(r.config, dict) else None
+        if not r.complete or not isinstance(paper, dict):
+            continue
+        setting = setting_label(*migu_setting(r))
+        for metric, value in (paper.get("values") or {}).items():
+            key = (r.method, setting, metric, float(value), str(paper.get("source", "")))
+            comp = out.setdefault(key, PaperComparison(r.method, setting, metric, float(value), key[4]))
+            comp.runs += 1
+            measured = r.metric(metric)
+            if measured is not None:
+                comp.measured.append(100 * measured)
+    return sorted(out.values(), key=lambda c: (method_rank(c.method), c.setting != "off", c.metric))
+
+
+def paper_table(comparisons: Sequence[PaperComparison]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: published number, measured mean ± std over runs, and the gap, in points."""
+    header = ["method", "MIGU", "metric", "paper (%)", "measured (%)", "runs", "measured - paper", "source"]
+    rows = []
+    for c in comparisons:
+        mean = c.mean
+        rows.append(
+            [
+                paper_name(c.method),
+                c.setting,
+                c.metric,
+                f"{c.paper:.2f}",
+                "-" if mean is None else (f"{mean:.2f}" + ("" if c.std is None else f" ± {c.std:.2f}")),
+                f"{len(c.measured)}/{c.runs}" if len(c.measured) != c.runs else str(c.runs),
+                "-" if mean is None else f"{mean - c.paper:+.2f}",
+                c.source,
             ]
         )
     return header, rows

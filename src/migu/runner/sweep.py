@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from ..methods import get_method_class
 from .checkpoint import atomic_write_text
 from .config import ConfigError, apply_overrides, build_run_config, read_yaml_config, yaml_load
 from .results import METRICS
@@ -46,6 +47,8 @@ from .summary import (
     method_table,
     migu_grid_value,
     paired_effects,
+    paper_comparisons,
+    paper_table,
     read_sweep_dir,
     summary_rows,
 )
@@ -53,7 +56,7 @@ from .summary import (
 log = logging.getLogger(__name__)
 
 _ALIASES = {"method": "method.name"}
-TUNE_KEYS = ("select", "metric")
+TUNE_KEYS = ("select", "metric", "test_seeds")
 
 
 @dataclass
@@ -63,6 +66,47 @@ class Cell:
     values: dict[str, Any]
     name: str
     config: dict[str, Any]
+
+
+def _paper_table(path: str | Path, raw: Any) -> dict[str, Any] | None:
+    """A sweep's ``paper:`` table, checked: ``{source, metric, values: {method: {base: x, migu: y}}}``.
+
+    Each cell gets the published number of its method without (``base``) or with MIGU as its run config's
+    ``paper`` (``migu report`` shows it beside the measured one)."""
+    if raw is None:
+        return None
+    where = f"{path}: paper"
+    if not isinstance(raw, dict) or set(raw) - {"source", "metric", "values"}:
+        raise ConfigError(f"{where} must be a mapping with keys source, metric, values")
+    values = raw.get("values")
+    if not isinstance(values, dict) or not values:
+        raise ConfigError(f"{where}.values must map method names to {{base: number, migu: number}} (base: without MIGU)")
+    table: dict[str, dict[str, float]] = {}
+    for method, pair in values.items():
+        try:
+            canonical = get_method_class(str(method)).name
+        except ValueError as exc:
+            raise ConfigError(f"{where}.values: {exc}") from None
+        if not isinstance(pair, dict) or not pair or set(pair) - {"base", "migu"}:
+            raise ConfigError(
+                f"{where}.values.{method} must be a mapping with keys base (without MIGU) and/or migu, "
+                f"got {pair!r}"
+            )
+        for side, v in pair.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not -100 <= v <= 100:
+                raise ConfigError(f"{where}.values.{method}.{side} must be a percentage, got {v!r}")
+        table[canonical] = pair
+    return {"source": raw.get("source", ""), "metric": raw.get("metric", "acc"), "values": table}
+
+
+def _with_paper(data: dict[str, Any], paper: dict[str, Any]) -> dict[str, Any]:
+    """The cell's config with the published number of its (method, MIGU off/on), if the table has one."""
+    method = get_method_class(str((data.get("method") or {}).get("name", "ft"))).name
+    side = "base" if data.get("migu") is None else "migu"
+    value = paper["values"].get(method, {}).get(side)
+    if value is None:
+        return data  # the paper has no number for this cell
+    return {**data, "paper": {"source": paper["source"], "values": {paper["metric"]: value}}}
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[str, list[Cell]]:
@@ -76,6 +120,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[st
         grid = {**(grid or {}), key: yaml_load(value)}  # grid keys are dotted names: not split
 
     name = spec.pop("name", Path(path).stem)
+    spec.pop("paper", None)  # merged with the base config's own: the sweep's table is read unmerged
+    own = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    paper = _paper_table(path, own.get("paper") if isinstance(own, dict) else None)
     for key in TUNE_KEYS:  # read by `migu tune` (runner/tune.py), not part of any run's config
         spec.pop(key, None)
     common = list(spec.pop("overrides", []) or []) + [o for o in overrides if not o.startswith("grid.")]
@@ -104,6 +151,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[st
             data = apply_overrides(data, [f"{_ALIASES.get(k, k)}={json.dumps(v)}"])
         label = "_".join(f"{k.split('.')[-1]}-{grid_label(k, v)}" for k, v in values.items())
         data["name"] = f"{name}/{label}"
+        data.pop("paper", None)  # a base config's number is for its own method, not every cell's
+        if paper is not None:
+            data = _with_paper(data, paper)
         try:
             build_run_config(data)
         except ConfigError as exc:
@@ -118,8 +168,7 @@ def write_summary(sweep_dir: Path) -> str:
     groups = group_cells([sweep])
     rows = summary_rows(groups)
     keys = [k for k in (sweep.cells[0].values if sweep.cells else {}) if k != "seed"]
-    summary = {"name": sweep.name, "keys": keys, "rows": rows, "missing": sweep.missing}
-    atomic_write_text(sweep_dir / "summary.json", json.dumps(summary, indent=1))
+    summary: dict[str, Any] = {"name": sweep.name, "keys": keys, "rows": rows, "missing": sweep.missing}
     buf = io.StringIO()
     w = csv.writer(buf)
     head = [*keys, "method", "setting", "other", "n", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
@@ -141,7 +190,12 @@ def write_summary(sweep_dir: Path) -> str:
             + "\n"
         )
         summary["effects"] = [dataclasses.asdict(e) for e in effects]
-        atomic_write_text(sweep_dir / "summary.json", json.dumps(summary, indent=1))
+    comparisons = paper_comparisons(c.results for c in sweep.cells if c.results is not None)
+    if comparisons:
+        md += "\nPublished vs measured (mean over every finished run with that published number):\n\n"
+        md += markdown_table(*paper_table(comparisons)) + "\n"
+        summary["paper"] = [dataclasses.asdict(c) for c in comparisons]
+    atomic_write_text(sweep_dir / "summary.json", json.dumps(summary, indent=1))
     if sweep.missing:
         md += f"\nnot finished: {', '.join(sweep.missing)}\n"
     atomic_write_text(sweep_dir / "summary.md", md)

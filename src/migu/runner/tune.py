@@ -4,6 +4,7 @@ A tune file is a sweep file (``runner.sweep``) with two more keys::
 
     select: [recipe]        # grid keys whose values are the candidates (e.g. a per-method lr bundle)
     metric: val_acc         # what is maximised (mean over seeds); default val_acc
+    test_seeds: [42, 1024, 2048]   # optional: the seeds of the test runs (default: the grid's seeds)
 
 1. Every cell of the grid runs with ``data.eval_on: [val]``: it is scored on validation rows only,
    the test rows are never predicted (``<out>/select/<cell>``). The base config must set
@@ -11,9 +12,10 @@ A tune file is a sweep file (``runner.sweep``) with two more keys::
 2. Cells are grouped by method and MIGU setting (from their results) and the other grid keys
    (``select`` keys and the seed excepted); in each group the candidate with the highest mean
    ``metric`` over seeds is chosen (ties: the first in grid order).
-3. The chosen candidate of every group is run again with ``data.eval_on: [test]`` for the same seeds
-   (``<out>/test/<cell>``; a finished run there is reused). Training is deterministic, so these are
-   the selected models, now scored once on the test rows.
+3. The chosen candidate of every group is run again with ``data.eval_on: [test]`` for the same seeds,
+   or for ``test_seeds`` (``<out>/test/<cell>``; a finished run there is reused). Training is
+   deterministic, so on a selection seed these are the selected models, now scored once on the
+   test rows. ``test_seeds`` lets a cheaper selection (fewer seeds) precede the 3-seed test.
 4. ``tune_summary.json``/``.md``: every candidate's validation numbers, the choice and its margin,
    the chosen settings' test metrics, and MIGU's paired effect on test ACC per method.
 """
@@ -83,7 +85,7 @@ class Choice:
     reason: str = ""
 
 
-def _spec(path: str | Path) -> tuple[list[str], str]:
+def _spec(path: str | Path) -> tuple[list[str], str, list[int] | None]:
     spec = read_yaml_config(path)
     select = spec.get("select")
     if isinstance(select, str):
@@ -101,7 +103,19 @@ def _spec(path: str | Path) -> tuple[list[str], str]:
         raise ConfigError(
             f"{path}: metric must be a validation metric (val_acc, val_bwt, ...), got {metric!r}"
         )
-    return select, metric
+    test_seeds = spec.get("test_seeds")
+    if test_seeds is not None and (
+        not isinstance(test_seeds, list)
+        or not test_seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in test_seeds)
+    ):
+        raise ConfigError(f"{path}: test_seeds must be a non-empty list of integer seeds, got {test_seeds!r}")
+    return select, metric, test_seeds
+
+
+def _without_seed(cell: Cell) -> tuple[tuple[str, str], ...]:
+    """A cell's grid values other than the seed: the same setting at any seed."""
+    return tuple((k, json.dumps(v, sort_keys=True)) for k, v in cell.values.items() if k != "seed")
 
 
 def _cells(path: str | Path, overrides: list[str], eval_on: str) -> tuple[str, list[Cell]]:
@@ -174,17 +188,23 @@ def run_tune(
 ) -> dict[str, Any]:
     """Select on validation, then score the chosen settings on test; write the tune summary."""
     overrides = list(overrides or [])
-    select, metric = _spec(path)
+    select, metric, test_seeds = _spec(path)
     name, val_cells = _cells(path, overrides, "val")
-    _, test_cells = _cells(path, overrides, "test")
+    seeds = [f"grid.seed=[{', '.join(map(str, test_seeds))}]"] if test_seeds else []
+    _, test_cells = _cells(path, [*overrides, *seeds], "test")
     out = Path(out) if out else Path("runs") / f"{name}_tune"
     _run_cells(val_cells, out / "select", data_root)
     val_results = {c.name: load_results(out / "select" / c.name) for c in val_cells}
     choices = choose(val_cells, val_results, select, metric)
-    chosen_cells = {
-        n for ch in choices for cand in ch.candidates if cand.label == ch.chosen for n in cand.cells
+    by_name = {c.name: c for c in val_cells}
+    chosen = {
+        _without_seed(by_name[n])
+        for ch in choices
+        for cand in ch.candidates
+        if cand.label == ch.chosen
+        for n in cand.cells
     }
-    final = [c for c in test_cells if c.name in chosen_cells]
+    final = [c for c in test_cells if _without_seed(c) in chosen]
     _run_cells(final, out / "test", data_root)
     return write_tune_summary(out, name, choices, final, select, metric)
 
