@@ -79,8 +79,13 @@ def test_sweep_grid_override(tmp_path: Path) -> None:
 
 def _table_rows(markdown: str) -> list[str]:
     """The data rows of the first Markdown table in ``markdown``."""
-    lines = [ln for ln in markdown.splitlines() if ln.startswith("| ")]
-    return lines[1:]  # header dropped (the separator line starts with "|-")
+    rows: list[str] = []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:  # the first table has ended (the effects table follows it)
+            break
+    return [r for r in rows[1:] if not r.startswith("|-")]  # header and separator dropped
 
 
 @pytest.mark.slow
@@ -142,9 +147,9 @@ def test_tune_selects_on_validation_and_touches_test_once(
     splits: list[tuple[str, str]] = []
     real = stages_mod.evaluate
 
-    def spy(model, family, tasks, batch_size, desc="eval", split="test"):
+    def spy(model, family, tasks, batch_size, desc="eval", split="test", accelerator=None):
         splits.append((desc, split))
-        return real(model, family, tasks, batch_size, desc, split)
+        return real(model, family, tasks, batch_size, desc, split, accelerator)
 
     monkeypatch.setattr(stages_mod, "evaluate", spy)
     out = tmp_path / "out"

@@ -87,6 +87,18 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def inner_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel / torch.compile wrappers (which hide its own methods,
+    e.g. ``get_encoder()``); the model itself when unwrapped."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """Move a batch's tensors (no-op when already there)."""
     return {k: v.to(device) for k, v in batch.items()}

@@ -24,7 +24,16 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
-from .base import ExampleLike, ModelFamily, chunks, lora_targets_for, model_device, pad_labels, to_device
+from .base import (
+    ExampleLike,
+    ModelFamily,
+    chunks,
+    inner_model,
+    lora_targets_for,
+    model_device,
+    pad_labels,
+    to_device,
+)
 from .config import ModelConfig
 from .spec import FamilyOutput, ModelSpec
 
@@ -201,7 +210,9 @@ class Seq2SeqFamily(GenerativeFamily):
             owner = [i for i, ex in enumerate(part) for _ in ex.options]
             labels, dec_mask = self._targets([self.answer_ids(o) for ex in part for o in ex.options])
             labels, dec_mask = labels.to(device), dec_mask.to(device)
-            hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            # get_encoder() is the T5 model's own method: DDP / compile wrappers do not forward it
+            encoder = inner_model(model).get_encoder()
+            hidden = encoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
             idx = torch.tensor(owner, device=device)
             logits = model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=hidden[idx]),

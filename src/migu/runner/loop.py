@@ -197,6 +197,37 @@ class Scores:
     correct: dict[str, list[int]]
 
 
+def _predict(
+    model: nn.Module,
+    family: ModelFamily,
+    rows: Sequence[Any],
+    batch_size: int,
+    accelerator: Accelerator | None,
+) -> list[str]:
+    """``family.predict`` on ``rows``; under N processes each rank predicts its share and the
+    predictions are gathered back in row order (``gather_for_metrics`` drops the rows that Accelerate
+    repeats to even out the last batch, so no row is counted twice or lost)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return family.predict(model, rows, batch_size=batch_size)
+    # The runner's Accelerator splits batches: a global batch of batch_size x N rows, batch_size per rank.
+    loader = accelerator.prepare_data_loader(
+        DataLoader(list(range(len(rows))), batch_size=batch_size * accelerator.num_processes, shuffle=False)
+    )
+    got: dict[int, str] = {}
+    for idx in loader:
+        ids = idx.tolist()
+        preds = family.predict(model, [rows[i] for i in ids], batch_size=max(len(ids), 1))
+        for i, p in accelerator.gather_for_metrics(
+            list(zip(ids, preds, strict=True)), use_gather_object=True
+        ):
+            got[int(i)] = p
+    if sorted(got) != list(range(len(rows))):
+        raise RuntimeError(
+            f"sharded evaluation gathered {len(got)} of {len(rows)} rows: rows were dropped or duplicated"
+        )
+    return [got[i] for i in range(len(rows))]
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -205,12 +236,15 @@ def evaluate(
     batch_size: int,
     desc: str = "eval",
     split: str = "test",
+    accelerator: Accelerator | None = None,
 ) -> Scores:
-    """Accuracy, macro-F1 and per-row correctness of ``model`` on every task's ``split`` rows."""
+    """Accuracy, macro-F1 and per-row correctness of ``model`` on every task's ``split`` rows
+    (under N processes, each rank scores a share of the rows: see ``_predict``)."""
     accs, f1s, correct = [], [], {}
-    for task in tqdm(tasks, desc=desc, leave=False):
+    show = accelerator is None or accelerator.is_local_main_process
+    for task in tqdm(tasks, desc=desc, leave=False, disable=not show):
         rows = task.test if split == "test" else task.val
-        preds = family.predict(model, rows, batch_size=batch_size)
+        preds = _predict(model, family, rows, batch_size, accelerator)
         gold = [ex.label for ex in rows]
         accs.append(accuracy(preds, gold))
         f1s.append(macro_f1(preds, gold, classes=list(task.labels)))

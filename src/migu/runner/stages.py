@@ -159,7 +159,15 @@ class FinetuneStages(Stages):
         row: dict[str, Row] = {}
         for split in self.config.data.eval_on:
             prefix = "" if split == "test" else "val_"
-            scores = evaluate(fam.model, fam, self.tasks, self.config.train.eval_batch_size, desc, split)
+            scores = evaluate(
+                fam.model,
+                fam,
+                self.tasks,
+                self.config.train.eval_batch_size,
+                desc,
+                split,
+                accelerator=accelerator,
+            )
             row[f"{prefix}acc"], row[f"{prefix}f1"] = list(scores.acc), list(scores.f1)
             self.correct[split] = scores.correct
             if i is not None:

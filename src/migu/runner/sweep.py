@@ -80,7 +80,9 @@ def _paper_table(path: str | Path, raw: Any) -> dict[str, Any] | None:
         raise ConfigError(f"{where} must be a mapping with keys source, metric, values")
     values = raw.get("values")
     if not isinstance(values, dict) or not values:
-        raise ConfigError(f"{where}.values must map method names to {{base: number, migu: number}} (base: without MIGU)")
+        raise ConfigError(
+            f"{where}.values must map method names to {{base: number, migu: number}} (base: without MIGU)"
+        )
     table: dict[str, dict[str, float]] = {}
     for method, pair in values.items():
         try:
