@@ -77,6 +77,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     summary = run_sweep(args.sweep, out=args.out, data_root=args.data, overrides=args.overrides)
     out = Path(args.out) if args.out else Path("runs") / str(summary["name"])
     print((out / "summary.md").read_text())
+    if summary.get("busy"):
+        print(f"being run by another process (skipped): {', '.join(summary['busy'])}")
+    if summary.get("failed"):
+        print(f"failed (non-finite loss; see each cell's results.json): {', '.join(summary['failed'])}")
     print(f"sweep directory: {out}")
     return 0
 
@@ -137,6 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input: one clear line, no traceback (ConfigError and DataError are ValueErrors).
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         log.error("%s", msg)
+        return 2
+    except RuntimeError as exc:
+        from .runner.faults import RunError
+
+        if not isinstance(exc, RunError):
+            raise
+        # A run that cannot go on (diverged, locked, corrupt checkpoint, unwritable output): the
+        # message says what failed, what was kept and what to do.
+        log.error("%s", exc)
         return 2
 
 

@@ -40,7 +40,7 @@ MIGU_TENSORS = "migu_state.safetensors"
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory and os.replace: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -56,7 +56,10 @@ def config_hash(config: dict[str, Any]) -> str:
     """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
     ignored = ("name", "data_root", "keep_checkpoints", "tensorboard")
     relevant = {k: v for k, v in config.items() if k not in ignored}
-    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("log_every",)}
+    # train.nonfinite: a stage finished under stop had no non-finite step, so it is what skip gives too
+    # (skipped steps are recorded per stage in the timings): a diverged run may resume with skip.
+    unhashed = ("log_every", "nonfinite")
+    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in unhashed}
     migu = relevant.get("migu")
     if isinstance(migu, dict) and migu.get("cluster", 0) is None:
         # MIGU+Cluster off hashes as before the field existed: runs started earlier still resume.
@@ -81,21 +84,31 @@ def save_checkpoint(
     ``migu_tensors``: the MIGU engine's state (the cluster assignments, keyed by target name).
     """
     final = task_dir(run_dir, task_index)
-    tmp = final.with_name(final.name + ".tmp")
+    # One temp name per writer (the pid): two writers never share a half-written directory.
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
-    (tmp / "method_state.json").write_text(json.dumps(method_state))
-    if method_tensors:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in method_tensors.items()}
-        save_file(tensors, str(tmp / METHOD_TENSORS))
-    if migu_tensors:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in migu_tensors.items()}, str(tmp / MIGU_TENSORS)
-        )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
+        (tmp / "method_state.json").write_text(json.dumps(method_state))
+        if method_tensors:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in method_tensors.items()}
+            save_file(tensors, str(tmp / METHOD_TENSORS))
+        if migu_tensors:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in migu_tensors.items()}, str(tmp / MIGU_TENSORS)
+            )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give back the space of the partial copy
+        raise
+    if final.exists():  # a stage checkpointed again (killed before its run state was written)
+        old = final.with_name(f"{final.name}.{os.getpid()}.old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     return final
 
 
@@ -186,6 +199,7 @@ class RunState:
     timings: list[dict[str, Any]] = field(default_factory=list)  # per finished stage
     wall_seconds: float = 0.0
     data: dict[str, str] = field(default_factory=dict)  # every data file read -> sha256
+    failure: dict[str, Any] | None = None  # why the last attempt stopped (a non-finite loss); None = fine
 
 
 def read_state(run_dir: Path) -> RunState | None:

@@ -113,6 +113,9 @@ class TrainConfig:
     eval_batch_size: int = 64
     log_every: int = 10
     max_steps_per_task: int | None = None
+    # an optimizer step with an inf/NaN loss or gradient norm: stop the run (keeping the last good
+    # checkpoint) or skip that step's update (counted per stage); see runner/guard.py
+    nonfinite: Literal["stop", "skip"] = "stop"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]

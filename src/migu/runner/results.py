@@ -61,6 +61,8 @@ class RunResults:
     wall_seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the resolved run config
+    # why the run stopped before its end (a non-finite loss: stage, step, reason); None = not failed
+    failure: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -197,6 +199,8 @@ def format_results(results: RunResults) -> str:
         lines.append("")
         keys = METRICS if results.regime == "finetune" else tuple(results.metrics)
         lines.append("  ".join(f"{k.upper()} {_fmt(results.metric(k)).strip()}" for k in keys))
+    if results.failure:
+        lines.append(f"FAILED: {results.failure.get('reason', results.failure)}")
     if not results.complete:
         lines.append(f"(incomplete: {results.trained} of {len(tasks)} tasks finished)")
     lines.append(f"wall time {results.wall_seconds:.0f}s")

@@ -27,8 +27,11 @@ from ..benchmarks.instructions import load_instruction_set
 from ..engine import MIGUConfig
 from ..methods import CLMethod, TaskContext, get_method
 from . import checkpoint as ckpt
+from . import faults
 from .clusters import cluster_tensors, task_clusters
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
+from .faults import DivergedError
+from .lock import LOCK_FILE, RunLock
 from .loop import Continuation, train_task
 from .results import RunResults, write_results
 from .stages import FinetuneStages, InstructStages, PretrainStages, Stages
@@ -234,7 +237,7 @@ def _check_run_dir(plan: Plan) -> ckpt.RunState | None:
     state = ckpt.read_state(plan.run_dir)
     digest = ckpt.config_hash(plan.resolved)
     if state is None:
-        if plan.run_dir.exists() and any(p.name not in ("run.log",) for p in plan.run_dir.iterdir()):
+        if plan.run_dir.exists() and any(not _no_state_yet(p.name) for p in plan.run_dir.iterdir()):
             raise ConfigError(
                 f"{plan.run_dir} exists and is not a migu run directory (no {ckpt.STATE_FILE}); "
                 "choose another --out"
@@ -254,6 +257,13 @@ def _check_run_dir(plan: Plan) -> ckpt.RunState | None:
             + ". Restore the files it used, or start a new --out (nothing was changed)"
         )
     return state
+
+
+def _no_state_yet(name: str) -> bool:
+    """Files a run writes before its first run state (killed while the model loaded): no results."""
+    return name in ("run.log", LOCK_FILE, "config.yaml", "tb") or (
+        name.startswith(".") and name.endswith(".tmp")
+    )
 
 
 def _changed_data(before: dict[str, str], now: dict[str, str]) -> list[str]:
@@ -279,18 +289,25 @@ def _task_seed(seed: int, task_index: int) -> int:
 
 
 def execute(plan: Plan) -> RunResults:
-    """Train through the order (resuming if the run dir holds a partial run); write results."""
-    state = _check_run_dir(plan)
+    """Train through the order (resuming if the run dir holds a partial run); write results.
+
+    The run directory is locked for the whole run (``runner.lock``): a second run on it fails at
+    once naming the first one's pid.
+    """
     run_dir = plan.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("migu").addHandler(handler)
-    try:
-        return _execute(plan, state)
-    finally:
-        logging.getLogger("migu").removeHandler(handler)
-        handler.close()
+    faults.check_output_dir(run_dir)
+    with faults.writing(f"the run directory {run_dir}"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        state = _check_run_dir(plan)
+        handler = logging.FileHandler(run_dir / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("migu").addHandler(handler)
+        try:
+            return _execute(plan, state)
+        finally:
+            logging.getLogger("migu").removeHandler(handler)
+            handler.close()
 
 
 def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
@@ -331,57 +348,68 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     # MIGU+Cluster: the clusters of the task being trained; on resume, those saved with the checkpoint.
     clusters = _resumed_clusters(plan, state.trained)
 
+    if state.failure is not None:
+        log.warning("the last attempt stopped (%s); trying again from there", state.failure.get("reason"))
+        state.failure = None
+
     carry: dict[str, Any] | None = None  # the optimizer state a continuing stage starts from
     start = time.perf_counter()
     for i in range(state.completed, n):
-        if state.trained == i:  # else: trained and checkpointed before a crash, only scoring is left
-            seed = _task_seed(cfg.seed, i)
-            ctx = task_context(plan, family, model, i, accelerator.device)
-            method.on_task_start(ctx)
-            clusters = task_clusters(plan.migu, ctx, seed, clusters)
-            examples = method.training_examples(ctx, random.Random(seed))
-            train_cfg = stages.train_config(i)
-            continuation = _continuation(plan, i, len(examples), carry)
-            result = train_task(
-                accelerator,
-                ctx,
-                family,
-                method,
-                examples,
-                train_cfg,
-                seed,
-                plan.migu,
-                continuation=continuation,
-                clusters=clusters,
-            )
-            carry = result.optimizer_state
-            method.on_task_end(ctx)
-            if accelerator.is_main_process:
-                ckpt.save_checkpoint(
-                    run_dir,
-                    i,
-                    accelerator.unwrap_model(model),
-                    method.state_dict(),
-                    method.state_tensors(),
-                    cluster_tensors(clusters) if clusters else None,
+        try:
+            if state.trained == i:  # else: trained and checkpointed before a crash, only scoring is left
+                seed = _task_seed(cfg.seed, i)
+                ctx = task_context(plan, family, model, i, accelerator.device)
+                method.on_task_start(ctx)
+                clusters = task_clusters(plan.migu, ctx, seed, clusters)
+                examples = method.training_examples(ctx, random.Random(seed))
+                train_cfg = stages.train_config(i)
+                continuation = _continuation(plan, i, len(examples), carry)
+                # raises DivergedError on a non-finite step (train.nonfinite: stop) before the stage
+                # ends: nothing below runs, so no checkpoint of non-finite weights is written
+                result = train_task(
+                    accelerator,
+                    ctx,
+                    family,
+                    method,
+                    examples,
+                    train_cfg,
+                    seed,
+                    plan.migu,
+                    continuation=continuation,
+                    clusters=clusters,
                 )
-                sched = stages.schedule(i)
-                if carry is not None and sched is not None and sched[0] < sched[1] - 1:
-                    ckpt.save_optimizer_state(run_dir, i, carry)  # the next stage continues from it
-            state.trained = i + 1
-            state.timings.append(
-                {
-                    "task": stages.names[i],
-                    "train_seconds": result.seconds,
-                    "steps": result.steps,
-                    "train_rows": len(examples),
-                    "final_loss": result.final_loss,
-                    "loss_terms": result.loss_terms,
-                }
-            )
-            save()
-        t0 = time.perf_counter()
-        row = stages.score(i, accelerator, state.progress, save)
+                carry = result.optimizer_state
+                method.on_task_end(ctx)
+                if accelerator.is_main_process:
+                    ckpt.save_checkpoint(
+                        run_dir,
+                        i,
+                        accelerator.unwrap_model(model),
+                        method.state_dict(),
+                        method.state_tensors(),
+                        cluster_tensors(clusters) if clusters else None,
+                    )
+                    sched = stages.schedule(i)
+                    if carry is not None and sched is not None and sched[0] < sched[1] - 1:
+                        ckpt.save_optimizer_state(run_dir, i, carry)  # the next stage continues from it
+                state.trained = i + 1
+                state.timings.append(
+                    {
+                        "task": stages.names[i],
+                        "train_seconds": result.seconds,
+                        "steps": result.steps,
+                        "train_rows": len(examples),
+                        "final_loss": result.final_loss,
+                        "loss_terms": result.loss_terms,
+                        "nonfinite_skipped": result.skipped,
+                    }
+                )
+                save()
+            t0 = time.perf_counter()
+            row = stages.score(i, accelerator, state.progress, save)
+        except DivergedError as exc:
+            accelerator.end_training()
+            raise _diverged(plan, state, i, exc, accelerator.is_main_process) from exc
         for m in stages.metrics:
             state.matrices[m].append(row[m])
         state.timings[i]["eval_seconds"] = time.perf_counter() - t0
@@ -397,6 +425,44 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     if accelerator.is_main_process:
         write_results(run_dir, results)
     return results
+
+
+def _diverged(plan: Plan, state: ckpt.RunState, i: int, exc: DivergedError, main: bool) -> DivergedError:
+    """Record a non-finite stage as the run's failure (run_state.json and results.json: not
+    complete, ``failure`` says why) and the error to raise, naming the stage, the step, what was
+    kept and what to do."""
+    names, n = plan.stages.names, len(plan.stages.names)
+    where = f"stage {i + 1} of {n} ({names[i]!r})"
+    if exc.stage != names[i]:  # a protocol's own training while scoring (a pretrain end task)
+        where += f", end task {exc.stage!r}"
+    at = f" at optimizer step {exc.step}" if exc.step is not None else ""
+    reason = f"{where}: {exc.detail}{at}"
+    if state.trained > i:
+        kept = f"the checkpoint after stage {state.trained} ({names[state.trained - 1]!r}) is intact"
+    elif state.trained:
+        kept = (
+            f"this stage's weights were not saved; the checkpoint after stage {state.trained} "
+            f"({names[state.trained - 1]!r}) is intact"
+        )
+    else:
+        kept = "this stage's weights were not saved (no stage had finished)"
+    again = "--restart with a lower train.lr" if state.trained == 0 else "a lower train.lr in a new --out"
+    message = (
+        f"{plan.run_dir}: the run stopped: {reason} (train.nonfinite: stop); {kept}. Try {again}, or "
+        "re-run with train.nonfinite=skip to skip such steps and go on from the last checkpoint"
+    )
+    state.failure = {
+        "kind": "nonfinite",
+        "stage": names[i],
+        "stage_index": i,
+        "step": exc.step,
+        "reason": reason,
+    }
+    if main:
+        ckpt.write_state(plan.run_dir, state)
+        write_results(plan.run_dir, build_results(plan, state))
+    log.error("%s", message)
+    return DivergedError(message, stage=names[i], step=exc.step, detail=exc.detail)
 
 
 def _continuation(plan: Plan, i: int, rows: int, carry: dict[str, Any] | None) -> Continuation | None:
@@ -434,7 +500,7 @@ def _resumed_clusters(plan: Plan, completed: int) -> dict[str, torch.Tensor] | N
 def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
     """results.json content from the run state."""
     stages = plan.stages
-    complete = state.completed == len(stages.names)
+    complete = state.completed == len(stages.names) and state.failure is None
     return RunResults(
         name=plan.config.name,
         method=plan.method.name,
@@ -455,6 +521,7 @@ def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
         wall_seconds=state.wall_seconds,
         versions=_versions(),
         config=plan.resolved,
+        failure=state.failure,
     )
 
 
