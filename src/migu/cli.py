@@ -17,7 +17,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    results = run(config, out, data_root=args.data)
+    results = run(config, out, data_root=args.data, restart=args.restart)
     from .runner.results import format_results
 
     print(format_results(results))
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 migu.threshold=0.5")
     p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
     p.add_argument("--out", help="run directory (default: runs/<config name>); re-running resumes")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the run in --out again with this (changed) config, while none of its stages finished",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="run a grid of configs (methods x MIGU x seeds ...) and summarise it")

@@ -52,19 +52,57 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
+def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a resolved config that change results (not paths or bookkeeping): what
+    :func:`config_hash` hashes and :func:`config_changes` compares."""
     ignored = ("name", "data_root", "keep_checkpoints", "tensorboard")
     relevant = {k: v for k, v in config.items() if k not in ignored}
     # train.nonfinite: a stage finished under stop had no non-finite step, so it is what skip gives too
     # (skipped steps are recorded per stage in the timings): a diverged run may resume with skip.
     unhashed = ("log_every", "nonfinite")
-    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in unhashed}
+    relevant["train"] = {k: v for k, v in (relevant.get("train") or {}).items() if k not in unhashed}
     migu = relevant.get("migu")
     if isinstance(migu, dict) and migu.get("cluster", 0) is None:
         # MIGU+Cluster off hashes as before the field existed: runs started earlier still resume.
         relevant["migu"] = {k: v for k, v in migu.items() if k != "cluster"}
+    return relevant
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
+    relevant = hashed_config(config)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two resolved configs
+    (only the parts that are hashed: a changed name or log_every is not a change of the run)."""
+    old, new = _flatten(hashed_config(before)), _flatten(hashed_config(now))
+
+    def show(d: dict[str, Any], k: str) -> str:
+        return json.dumps(d[k], default=str) if k in d else "(unset)"
+
+    keys = sorted(
+        k for k in old.keys() | new.keys() if _canon(old.get(k, _UNSET)) != _canon(new.get(k, _UNSET))
+    )
+    return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in keys]
+
+
+_UNSET = object()
+
+
+def _canon(value: Any) -> Any:
+    """Compare as the hash does (as JSON text: a tuple equals a list)."""
+    return value if value is _UNSET else json.dumps(value, sort_keys=True, default=str)
 
 
 def task_dir(run_dir: Path, task_index: int) -> Path:

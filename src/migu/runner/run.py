@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
@@ -232,8 +234,12 @@ def restore_run(
     return plan, family, model
 
 
-def _check_run_dir(plan: Plan) -> ckpt.RunState | None:
-    """Existing state to resume from, or None for a fresh run; refuses to mix two configs."""
+def _check_run_dir(plan: Plan, restart: bool = False) -> ckpt.RunState | None:
+    """Existing state to resume from, or None for a fresh run; refuses to mix two configs.
+
+    ``restart``: a run none of whose stages finished is cleared and started again (with this
+    config, changed or not); one with a finished stage is refused, since its results would go.
+    """
     state = ckpt.read_state(plan.run_dir)
     digest = ckpt.config_hash(plan.resolved)
     if state is None:
@@ -243,11 +249,17 @@ def _check_run_dir(plan: Plan) -> ckpt.RunState | None:
                 "choose another --out"
             )
         return None
+    if restart:
+        _restart(plan, state)
+        return None
     if state.config_hash != digest:
+        changes = _config_changes(plan)
+        if state.trained == 0:
+            hint = "no stage of it finished: --restart starts it again with this config"
+        else:
+            hint = f"{state.trained} of its stages finished: use another --out to start a new run"
         raise ConfigError(
-            f"{plan.run_dir} holds a run with a different config "
-            f"(hash {state.config_hash} != {digest}); use another --out to start a new run "
-            "(nothing was changed)"
+            f"{plan.run_dir} holds a run with a different config ({changes}); {hint} (nothing was changed)"
         )
     changed = _changed_data(state.data, data_files(plan))
     if changed:
@@ -257,6 +269,47 @@ def _check_run_dir(plan: Plan) -> ckpt.RunState | None:
             + ". Restore the files it used, or start a new --out (nothing was changed)"
         )
     return state
+
+
+def _config_changes(plan: Plan) -> str:
+    """The fields that differ from the run directory's config.yaml, as ``train.lr: 0.0001 -> 0.001``."""
+    path = plan.run_dir / "config.yaml"
+    try:
+        before = yaml_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return f"its {path.name} cannot be read to list the fields: {exc}"
+    if not isinstance(before, dict):
+        return f"its {path.name} is not a mapping"
+    changes = ckpt.config_changes(before, plan.resolved)
+    if not changes:
+        return f"config hash {ckpt.config_hash(before)} != {ckpt.config_hash(plan.resolved)}, same fields"
+    shown = changes[:12] + ([f"... {len(changes) - 12} more"] if len(changes) > 12 else [])
+    return "; ".join(shown)
+
+
+# What a run writes into its directory (run.log and the lock are kept across a restart).
+_RUN_OUTPUTS = ("results.json", "accuracy_matrix.csv", "config.yaml", ckpt.CKPT_DIR, "tb")
+
+
+def _restart(plan: Plan, state: ckpt.RunState) -> None:
+    """Clear a run none of whose stages finished, so it starts again (``migu run --restart``)."""
+    if state.trained or state.completed:
+        raise ConfigError(
+            f"--restart refused: {state.trained} of {len(plan.task_names)} stages of the run in "
+            f"{plan.run_dir} finished, and their checkpoints and scores would be lost; use another --out "
+            "(nothing was changed)"
+        )
+    if state.config_hash != ckpt.config_hash(plan.resolved):
+        log.warning("%s: restarting with a changed config: %s", plan.run_dir, _config_changes(plan))
+    else:
+        log.warning("%s: restarting (no stage had finished)", plan.run_dir)
+    for name in _RUN_OUTPUTS:  # the run state last: a restart killed half-way can be repeated
+        path = plan.run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    (plan.run_dir / ckpt.STATE_FILE).unlink()
 
 
 def _no_state_yet(name: str) -> bool:
@@ -288,18 +341,19 @@ def _task_seed(seed: int, task_index: int) -> int:
     return seed * 1000 + task_index
 
 
-def execute(plan: Plan) -> RunResults:
+def execute(plan: Plan, restart: bool = False) -> RunResults:
     """Train through the order (resuming if the run dir holds a partial run); write results.
 
     The run directory is locked for the whole run (``runner.lock``): a second run on it fails at
-    once naming the first one's pid.
+    once naming the first one's pid. ``restart``: start a run none of whose stages finished again,
+    with this config (refused once a stage finished).
     """
     run_dir = plan.run_dir
     faults.check_output_dir(run_dir)
     with faults.writing(f"the run directory {run_dir}"):
         run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        state = _check_run_dir(plan)
+        state = _check_run_dir(plan, restart)
         handler = logging.FileHandler(run_dir / "run.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("migu").addHandler(handler)
@@ -525,6 +579,8 @@ def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
     )
 
 
-def run(config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None) -> RunResults:
+def run(
+    config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None, restart: bool = False
+) -> RunResults:
     """Plan (validate all inputs) then execute; the library entry point behind ``migu run``."""
-    return execute(plan_run(config, run_dir, data_root))
+    return execute(plan_run(config, run_dir, data_root), restart=restart)
