@@ -17,7 +17,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    results = run(config, out, data_root=args.data, restart=args.restart)
+    results = run(config, out, data_root=args.data, restart=args.restart, rollback=args.rollback)
     from .runner.results import format_results
 
     print(format_results(results))
@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart",
         action="store_true",
         help="start the run in --out again with this (changed) config, while none of its stages finished",
+    )
+    p.add_argument(
+        "--rollback",
+        action="store_true",
+        help="when the checkpoint a resume needs is corrupt, train again from the last intact one",
     )
     p.set_defaults(func=_cmd_run)
 

@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
+
+from .faults import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +156,85 @@ def save_checkpoint(
 def load_checkpoint(
     run_dir: Path, task_index: int, model: nn.Module
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load weights into ``model`` (strict); return the method state (JSON, tensors) saved beside them."""
+    """Load weights into ``model`` (strict); return the method state (JSON, tensors) saved beside them.
+
+    A truncated or corrupt file is a CheckpointError naming it (never a safetensors traceback).
+    """
     d = task_dir(run_dir, task_index)
     weights = d / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint missing: {weights}")
-    missing, unexpected = load_model(model, str(weights), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(weights, exc) from exc
     if missing or unexpected:
         raise RuntimeError(
             f"{weights} does not match the model built from the config: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    tensors = load_file(str(d / METHOD_TENSORS)) if (d / METHOD_TENSORS).is_file() else {}
-    return json.loads((d / "method_state.json").read_text()), tensors
+    tensors = read_tensors(d / METHOD_TENSORS) if (d / METHOD_TENSORS).is_file() else {}
+    meta = d / "method_state.json"
+    try:
+        return json.loads(meta.read_text()), tensors
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(meta, exc) from exc
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path} cannot be read, it is truncated or corrupt ({exc})")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file when it cannot be read."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """{file name: sha256} of a checkpoint directory, recorded in the run state when it is written."""
+    return {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def verify_checkpoint(run_dir: Path, task_index: int, expected: dict[str, str]) -> None:
+    """Every file recorded for ``task_index``'s checkpoint is there with its recorded sha256, else
+    a CheckpointError naming the first file that is not."""
+    d = task_dir(run_dir, task_index)
+    for name, digest in sorted(expected.items()):
+        path = d / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing (it was recorded in {STATE_FILE} when written)")
+        actual = _sha256(path)
+        if actual != digest:
+            raise CheckpointError(
+                f"{path} is corrupt: its sha256 {actual[:16]} differs from the {digest[:16]} recorded "
+                "when it was written"
+            )
+
+
+def checkpoint_intact(run_dir: Path, task_index: int, expected: dict[str, str] | None) -> bool:
+    """Whether ``task_index``'s checkpoint exists and matches its recorded digests (for run states
+    written before digests were recorded: whether its safetensors headers read and fit the files)."""
+    d = task_dir(run_dir, task_index)
+    if not (d / "model.safetensors").is_file():
+        return False
+    try:
+        if expected:
+            verify_checkpoint(run_dir, task_index, expected)
+        else:
+            for path in d.glob("*.safetensors"):
+                with safe_open(str(path), framework="pt") as fh:
+                    fh.keys()
+    except (CheckpointError, SafetensorError, OSError):
+        return False
+    return True
 
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -196,8 +265,11 @@ def load_optimizer_state(run_dir: Path, task_index: int) -> dict[str, Any]:
     d = task_dir(run_dir, task_index)
     if not (d / OPTIMIZER_META).is_file():
         raise FileNotFoundError(f"{d} has no saved optimizer state: the run cannot continue its schedule")
-    meta = json.loads((d / OPTIMIZER_META).read_text())
-    tensors = load_file(str(d / OPTIMIZER_TENSORS))
+    try:
+        meta = json.loads((d / OPTIMIZER_META).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(d / OPTIMIZER_META, exc) from exc
+    tensors = read_tensors(d / OPTIMIZER_TENSORS)
     state: dict[int, dict[str, Any]] = {int(pid): dict(meta["plain"].get(pid, {})) for pid in meta["ids"]}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
@@ -208,7 +280,7 @@ def load_optimizer_state(run_dir: Path, task_index: int) -> dict[str, Any]:
 def load_migu_tensors(run_dir: Path, task_index: int) -> dict[str, torch.Tensor]:
     """The MIGU engine state saved with ``task_index``'s checkpoint ({} when there is none)."""
     path = task_dir(run_dir, task_index) / MIGU_TENSORS
-    return load_file(str(path)) if path.is_file() else {}
+    return read_tensors(path) if path.is_file() else {}
 
 
 def prune_checkpoints(run_dir: Path, keep_index: int) -> None:
@@ -238,6 +310,8 @@ class RunState:
     wall_seconds: float = 0.0
     data: dict[str, str] = field(default_factory=dict)  # every data file read -> sha256
     failure: dict[str, Any] | None = None  # why the last attempt stopped (a non-finite loss); None = fine
+    # checkpoint directory name (task_03) -> {file: sha256} at write time: a resume checks them
+    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def read_state(run_dir: Path) -> RunState | None:

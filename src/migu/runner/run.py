@@ -32,10 +32,10 @@ from . import checkpoint as ckpt
 from . import faults
 from .clusters import cluster_tensors, task_clusters
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
-from .faults import DivergedError
+from .faults import CheckpointError, DivergedError
 from .lock import LOCK_FILE, RunLock
 from .loop import Continuation, train_task
-from .results import RunResults, write_results
+from .results import ResultsError, RunResults, load_results, write_results
 from .stages import FinetuneStages, InstructStages, PretrainStages, Stages
 
 log = logging.getLogger(__name__)
@@ -200,15 +200,24 @@ def task_context(
     )
 
 
-def load_task_checkpoint(plan: Plan, family: Any, model: nn.Module, task_index: int) -> None:
+def load_task_checkpoint(
+    plan: Plan, family: Any, model: nn.Module, task_index: int, expected: dict[str, str] | None = None
+) -> None:
     """Rebuild the method's structure up to ``task_index`` (adapters, buffers) without training,
-    then load the weights and method state saved after that task."""
+    then load the weights and method state saved after that task. ``expected``: the files' sha256
+    recorded when the checkpoint was written (checked first; CheckpointError naming a bad file)."""
+    if expected:
+        ckpt.verify_checkpoint(plan.run_dir, task_index, expected)
     for i in range(task_index + 1):
         ctx = task_context(plan, family, model, i, rebuilding=True)
         plan.method.on_task_start(ctx)
         plan.method.on_task_end(ctx)
     state, tensors = ckpt.load_checkpoint(plan.run_dir, task_index, model)
-    plan.method.load_state_dict(state, tensors)
+    try:
+        plan.method.load_state_dict(state, tensors)
+    except (ValueError, KeyError, TypeError) as exc:
+        path = ckpt.task_dir(plan.run_dir, task_index) / "method_state.json"
+        raise CheckpointError(f"{path}: the method state cannot be restored: {exc}") from exc
 
 
 def restore_run(
@@ -230,7 +239,9 @@ def restore_run(
         raise ValueError(f"task_index {task_index} out of range for {len(plan.task_names)} tasks")
     family, model = build_model(plan)
     model.eval()
-    load_task_checkpoint(plan, family, model, task_index)
+    state = ckpt.read_state(run_dir)
+    recorded = state.checkpoints.get(ckpt.task_dir(run_dir, task_index).name) if state else None
+    load_task_checkpoint(plan, family, model, task_index, recorded)
     return plan, family, model
 
 
@@ -312,6 +323,93 @@ def _restart(plan: Plan, state: ckpt.RunState) -> None:
     (plan.run_dir / ckpt.STATE_FILE).unlink()
 
 
+def _finished(plan: Plan, state: ckpt.RunState) -> RunResults:
+    """A finished run's results: the saved ones, or (killed while writing them) rebuilt from the
+    run state; no model is built and no checkpoint read."""
+    try:
+        saved = load_results(plan.run_dir)
+    except ResultsError as exc:
+        log.info("%s: finished, rewriting its results (%s)", plan.run_dir, exc)
+    else:
+        if saved.complete:
+            log.info("%s: finished already (%d stages); nothing to do", plan.run_dir, len(plan.task_names))
+            return saved
+    results = build_results(plan, state)
+    with faults.writing(f"the results of {plan.run_dir}", "the run state and checkpoints are intact"):
+        write_results(plan.run_dir, results)
+    return results
+
+
+def _checkpoint_name(i: int) -> str:
+    return ckpt.task_dir(Path(), i).name
+
+
+def _last_intact(plan: Plan, state: ckpt.RunState, below: int) -> int:
+    """The last stage below ``below`` whose checkpoint is intact (-1: none, train from the start)."""
+    k = below - 1
+    while k >= 0 and not ckpt.checkpoint_intact(plan.run_dir, k, state.checkpoints.get(_checkpoint_name(k))):
+        k -= 1
+    return k
+
+
+def _load_resume_checkpoint(plan: Plan, family: Any, model: nn.Module, state: ckpt.RunState) -> None:
+    """Load the checkpoint a resume goes on from; a corrupt one is one message saying what to do."""
+    last = state.trained - 1
+    try:
+        load_task_checkpoint(plan, family, model, last, state.checkpoints.get(_checkpoint_name(last)))
+    except CheckpointError as exc:
+        k = _last_intact(plan, state, last)
+        names = plan.task_names
+        if k >= 0:
+            where = f"the checkpoint after stage {k + 1} ({names[k]!r}) is intact"
+            start = "there"
+        elif plan.config.keep_checkpoints:
+            where, start = "no earlier checkpoint is intact", "the start"
+        else:
+            where, start = "no earlier checkpoint is kept (keep_checkpoints: false)", "the start"
+        raise CheckpointError(
+            f"{exc}. The run cannot resume from stage {last + 1} ({names[last]!r}); {where}: re-run "
+            f"with --rollback to train again from {start} (same seeds, same results), or start a new "
+            "--out"
+        ) from exc
+
+
+def _rollback(plan: Plan, state: ckpt.RunState) -> ckpt.RunState:
+    """``--rollback``: forget the stages after the last intact checkpoint (their checkpoints too),
+    so they are trained again; a no-op when the checkpoint a resume needs is intact."""
+    last = state.trained - 1
+    if last < 0 or ckpt.checkpoint_intact(plan.run_dir, last, state.checkpoints.get(_checkpoint_name(last))):
+        log.info("%s: nothing to roll back (the last checkpoint is intact)", plan.run_dir)
+        return state
+    k = _last_intact(plan, state, last)
+    trained = k + 1
+    log.warning(
+        "%s: rolling back to %s; stages %d-%d are trained again",
+        plan.run_dir,
+        f"the checkpoint after stage {k + 1}" if k >= 0 else "the start",
+        trained + 1,
+        state.trained,
+    )
+    state.trained = trained
+    state.completed = min(state.completed, trained)
+    state.matrices = {m: rows[: state.completed] for m, rows in state.matrices.items()}
+    state.timings = state.timings[:trained]
+    state.progress = {k: v for k, v in state.progress.items() if _progress_stage(k) < state.completed}
+    state.checkpoints = {name: d for name, d in state.checkpoints.items() if int(name[5:]) < trained}
+    state.failure = None
+    with faults.writing(f"the run state of {plan.run_dir}"):
+        ckpt.write_state(plan.run_dir, state)
+    for i in range(trained, len(plan.task_names)):
+        shutil.rmtree(ckpt.task_dir(plan.run_dir, i), ignore_errors=True)
+    return state
+
+
+def _progress_stage(key: str) -> int:
+    """The stage a scoring-progress key (``"3:1"``, ``"base:0"``) belongs to; -1 for the baseline."""
+    head = key.split(":", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
 def _no_state_yet(name: str) -> bool:
     """Files a run writes before its first run state (killed while the model loaded): no results."""
     return name in ("run.log", LOCK_FILE, "config.yaml", "tb") or (
@@ -341,12 +439,14 @@ def _task_seed(seed: int, task_index: int) -> int:
     return seed * 1000 + task_index
 
 
-def execute(plan: Plan, restart: bool = False) -> RunResults:
+def execute(plan: Plan, restart: bool = False, rollback: bool = False) -> RunResults:
     """Train through the order (resuming if the run dir holds a partial run); write results.
 
     The run directory is locked for the whole run (``runner.lock``): a second run on it fails at
     once naming the first one's pid. ``restart``: start a run none of whose stages finished again,
-    with this config (refused once a stage finished).
+    with this config (refused once a stage finished). ``rollback``: when the checkpoint a resume
+    needs is corrupt, train again from the last intact one (or from the start). A finished run
+    returns its saved results without loading any weights.
     """
     run_dir = plan.run_dir
     faults.check_output_dir(run_dir)
@@ -354,6 +454,10 @@ def execute(plan: Plan, restart: bool = False) -> RunResults:
         run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         state = _check_run_dir(plan, restart)
+        if state is not None and rollback:
+            state = _rollback(plan, state)
+        if state is not None and state.completed == len(plan.task_names) and state.failure is None:
+            return _finished(plan, state)
         handler = logging.FileHandler(run_dir / "run.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("migu").addHandler(handler)
@@ -393,7 +497,7 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
             save()
     elif state.trained:
         log.info("resuming %s after stage %d of %d", run_dir, state.trained, n)
-        load_task_checkpoint(plan, family, model, state.trained - 1)
+        _load_resume_checkpoint(plan, family, model, state)
     elif cfg.eval_baseline and state.baselines is None:  # killed while scoring the untrained model
         scores = stages.score(None, accelerator, state.progress, save)
         state.baselines = {m: list(v) for m, v in scores.items()}  # type: ignore[misc]
@@ -435,7 +539,7 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
                 carry = result.optimizer_state
                 method.on_task_end(ctx)
                 if accelerator.is_main_process:
-                    ckpt.save_checkpoint(
+                    final = ckpt.save_checkpoint(
                         run_dir,
                         i,
                         accelerator.unwrap_model(model),
@@ -446,6 +550,7 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
                     sched = stages.schedule(i)
                     if carry is not None and sched is not None and sched[0] < sched[1] - 1:
                         ckpt.save_optimizer_state(run_dir, i, carry)  # the next stage continues from it
+                    state.checkpoints[final.name] = ckpt.file_digests(final)  # checked on resume
                 state.trained = i + 1
                 state.timings.append(
                     {
@@ -471,6 +576,8 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
         state.completed = i + 1
         state.wall_seconds += time.perf_counter() - start
         start = time.perf_counter()
+        if not cfg.keep_checkpoints:  # the older checkpoints go (below), and their records with them
+            state.checkpoints = {k: v for k, v in state.checkpoints.items() if int(k[5:]) >= i}
         save()
         if accelerator.is_main_process and not cfg.keep_checkpoints:
             ckpt.prune_checkpoints(run_dir, i)
@@ -580,7 +687,11 @@ def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
 
 
 def run(
-    config: RunConfig, run_dir: str | Path, data_root: str | Path | None = None, restart: bool = False
+    config: RunConfig,
+    run_dir: str | Path,
+    data_root: str | Path | None = None,
+    restart: bool = False,
+    rollback: bool = False,
 ) -> RunResults:
     """Plan (validate all inputs) then execute; the library entry point behind ``migu run``."""
-    return execute(plan_run(config, run_dir, data_root), restart=restart)
+    return execute(plan_run(config, run_dir, data_root), restart=restart, rollback=rollback)
