@@ -40,8 +40,8 @@ METHOD_TENSORS = "method_state.safetensors"
 MIGU_TENSORS = "migu_state.safetensors"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and os.replace: readers never see half a file."""
+def _write_temp(path: Path, text: str) -> str:
+    """``text`` in a new temp file beside ``path`` (flushed to disk); returns the temp file's name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
@@ -49,9 +49,29 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory and os.replace: readers never see half a file."""
+    atomic_write_texts({path: text})
+
+
+def atomic_write_texts(files: dict[Path, str]) -> None:
+    """Write several files so that a failure while writing (a full disk) leaves every one of them as
+    it was: all temp files are written first, then each is renamed into place."""
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            written.append((_write_temp(path, text), path))
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -470,7 +470,8 @@ def execute(plan: Plan, restart: bool = False, rollback: bool = False) -> RunRes
 
 def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     cfg, run_dir, stages, method = plan.config, plan.run_dir, plan.stages, plan.method
-    ckpt.atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
+    with faults.writing(str(run_dir / "config.yaml")):
+        ckpt.atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
@@ -482,10 +483,15 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     family, model = build_model(plan)
     model.to(accelerator.device)
     n = len(stages.names)
+    if accelerator.is_main_process:  # before any training: room for a checkpoint and its temp copy
+        faults.check_free_space(run_dir, 2 * _state_bytes(model), "writing this model's checkpoints")
 
     def save() -> None:
         if accelerator.is_main_process:
-            ckpt.write_state(run_dir, state)
+            with faults.writing(
+                str(run_dir / ckpt.STATE_FILE), "the previous run state and the checkpoints are intact"
+            ):
+                ckpt.write_state(run_dir, state)
 
     if state is None:
         state = ckpt.RunState(config_hash=ckpt.config_hash(plan.resolved), data=data_files(plan))
@@ -539,17 +545,20 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
                 carry = result.optimizer_state
                 method.on_task_end(ctx)
                 if accelerator.is_main_process:
-                    final = ckpt.save_checkpoint(
-                        run_dir,
-                        i,
-                        accelerator.unwrap_model(model),
-                        method.state_dict(),
-                        method.state_tensors(),
-                        cluster_tensors(clusters) if clusters else None,
-                    )
-                    sched = stages.schedule(i)
-                    if carry is not None and sched is not None and sched[0] < sched[1] - 1:
-                        ckpt.save_optimizer_state(run_dir, i, carry)  # the next stage continues from it
+                    with faults.writing(
+                        f"the checkpoint after stage {i + 1} ({stages.names[i]!r})", _kept(plan, state)
+                    ):
+                        final = ckpt.save_checkpoint(
+                            run_dir,
+                            i,
+                            accelerator.unwrap_model(model),
+                            method.state_dict(),
+                            method.state_tensors(),
+                            cluster_tensors(clusters) if clusters else None,
+                        )
+                        sched = stages.schedule(i)
+                        if carry is not None and sched is not None and sched[0] < sched[1] - 1:
+                            ckpt.save_optimizer_state(run_dir, i, carry)  # the next stage continues from it
                     state.checkpoints[final.name] = ckpt.file_digests(final)  # checked on resume
                 state.trained = i + 1
                 state.timings.append(
@@ -584,8 +593,28 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     accelerator.end_training()
     results = build_results(plan, state)
     if accelerator.is_main_process:
-        write_results(run_dir, results)
+        with faults.writing(
+            f"the results of {run_dir}", "the run state and checkpoints are intact: re-run to write them"
+        ):
+            write_results(run_dir, results)
     return results
+
+
+def _state_bytes(model: nn.Module) -> int:
+    """Bytes of a model's saved state (parameters and buffers): the size of one checkpoint."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _kept(plan: Plan, state: ckpt.RunState) -> str:
+    """What a failed checkpoint write leaves intact, and what to do."""
+    if not state.trained:
+        return "no stage was checkpointed yet; re-run when there is room"
+    name = plan.task_names[state.trained - 1]
+    return (
+        f"the checkpoint after stage {state.trained} ({name!r}) and the run state are intact: re-run to "
+        "resume once there is room"
+    )
 
 
 def _diverged(plan: Plan, state: ckpt.RunState, i: int, exc: DivergedError, main: bool) -> DivergedError:
@@ -620,8 +649,9 @@ def _diverged(plan: Plan, state: ckpt.RunState, i: int, exc: DivergedError, main
         "reason": reason,
     }
     if main:
-        ckpt.write_state(plan.run_dir, state)
-        write_results(plan.run_dir, build_results(plan, state))
+        with faults.writing(f"the failure record of {plan.run_dir}"):
+            ckpt.write_state(plan.run_dir, state)
+            write_results(plan.run_dir, build_results(plan, state))
     log.error("%s", message)
     return DivergedError(message, stage=names[i], step=exc.step, detail=exc.detail)
 
