@@ -109,3 +109,34 @@ def test_a_truncated_checkpoint_without_digests_is_one_clear_error(
     assert "task_00/model.safetensors cannot be read, it is truncated or corrupt" in msg, msg
     assert "keep_checkpoints: false" in msg and "--rollback to train again from the start" in msg
     assert run(cfg, out, rollback=True).complete
+
+
+def test_a_tampered_replay_state_is_refused_naming_its_file(
+    tiny_config: Callable[..., RunConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17.8: method_state.json names row types from a fixed table; any other name is an error."""
+    cfg, out = _small(tiny_config, method={"name": "ft_replay"}), tmp_path / "run"
+    from migu.runner import loop
+
+    real = loop.train_task
+
+    def killed_in_stage_2(*args: object, **kwargs: object) -> object:
+        if args[1].task_index == 1:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt("killed in stage 2")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr("migu.runner.run.train_task", killed_in_stage_2)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, out)
+    meta = out / "checkpoints/task_00/method_state.json"
+    state = json.loads(meta.read_text())
+    assert state["replay"][0]["row_type"] == "migu.benchmarks.data:Example"
+    state["replay"][0]["row_type"] = "os:system"
+    state["replay"][0]["indices"] = [0]  # differs from the rebuilt sample: the saved rows are read
+    meta.write_text(json.dumps(state))
+    run_state = json.loads((out / ckpt.STATE_FILE).read_text())
+    del run_state["checkpoints"]  # the digest would catch the edit first; here the table is tested
+    (out / ckpt.STATE_FILE).write_text(json.dumps(run_state))
+    with pytest.raises(CheckpointError, match=r"task_00/method_state\.json: .*unknown row type 'os:system'"):
+        run(cfg, out)
