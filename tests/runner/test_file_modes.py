@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from migu.runner import checkpoint as ckpt
+from migu.runner import files
 from migu.runner.config import RunConfig
 from migu.runner.run import run
 
@@ -29,8 +29,8 @@ def _mode(path: Path) -> int:
 
 
 def test_atomic_writes_follow_the_umask(tmp_path: Path, umask_027: None) -> None:
-    assert ckpt.current_umask() == 0o027
-    ckpt.atomic_write_text(tmp_path / "a.json", "{}")
+    assert files.current_umask() == 0o027
+    files.atomic_write_text(tmp_path / "a.json", "{}")
     (tmp_path / "b.txt").write_text("plain open()")
     assert _mode(tmp_path / "a.json") == _mode(tmp_path / "b.txt") == 0o640
 

@@ -14,7 +14,7 @@ import yaml
 
 from migu.cli import main
 from migu.runner import checkpoint as ckpt
-from migu.runner import faults
+from migu.runner import faults, files
 from migu.runner.config import RunConfig
 from migu.runner.faults import OutputError
 from migu.runner.run import run
@@ -95,17 +95,17 @@ def test_a_failed_results_write_leaves_both_files_as_they_were(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = tmp_path / "results.json", tmp_path / "accuracy_matrix.csv"
-    ckpt.atomic_write_texts({a: "old a", b: "old b"})
-    real = ckpt._write_temp
+    files.atomic_write_texts({a: "old a", b: "old b"})
+    real = files._write_temp
 
     def full_on_the_csv(path: Path, text: str) -> str:
         if path == b:  # the first file's temp copy is written, the second finds the disk full
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, text)
 
-    monkeypatch.setattr(ckpt, "_write_temp", full_on_the_csv)
+    monkeypatch.setattr(files, "_write_temp", full_on_the_csv)
     full = r"writing the results failed: No space left on device .*free"
     with pytest.raises(OutputError, match=full), faults.writing("the results"):
-        ckpt.atomic_write_texts({a: "new a", b: "new b"})
+        files.atomic_write_texts({a: "new a", b: "new b"})
     assert a.read_text() == "old a" and b.read_text() == "old b"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_matrix.csv", "results.json"]

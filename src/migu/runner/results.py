@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_texts
+from .files import atomic_write_texts
 
 RESULTS_FILE = "results.json"
 MATRIX_FILE = "accuracy_matrix.csv"

@@ -33,6 +33,7 @@ from . import faults
 from .clusters import cluster_tensors, task_clusters
 from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, yaml_load
 from .faults import CheckpointError, DivergedError
+from .files import atomic_write_text
 from .lock import LOCK_FILE, RunLock
 from .loop import Continuation, train_task
 from .results import ResultsError, RunResults, load_results, write_results
@@ -471,7 +472,7 @@ def execute(plan: Plan, restart: bool = False, rollback: bool = False) -> RunRes
 def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     cfg, run_dir, stages, method = plan.config, plan.run_dir, plan.stages, plan.method
     with faults.writing(str(run_dir / "config.yaml")):
-        ckpt.atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,

@@ -32,9 +32,9 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_text
 from .config import ConfigError, apply_overrides, build_run_config, read_yaml_config, yaml_load
 from .faults import DivergedError, RunLockedError
+from .files import atomic_write_text
 from .results import METRICS
 from .run import execute, plan_run
 from .summary import (
