@@ -129,3 +129,13 @@ def test_a_sweep_skips_a_cell_another_process_is_running(tmp_path: Path) -> None
         summary = run_sweep(sweep, out=out, data_root=str(data))
     assert summary["busy"] == ["seed-1"] and summary["missing"] == ["seed-1"]
     assert (out / "seed-2/results.json").is_file() and not (out / "seed-1/results.json").exists()
+
+
+def test_only_rank_0_of_a_launch_takes_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    from migu.runner.run import _main_process
+
+    for rank, is_main in (("0", True), ("", True), ("3", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert _main_process() is is_main
+    monkeypatch.delenv("RANK")
+    assert _main_process()

@@ -8,7 +8,8 @@ time) and once at the end of the stage, together with one check of the trained w
 therefore means: the stage ends at the next log step after the first bad one (at most
 ``train.log_every - 1`` wasted steps), always before the stage's checkpoint could be written, and
 the error names the first bad step. ``skip`` has to decide before each ``optimizer.step()``, so it
-syncs once per step (only in that mode).
+syncs once per step (only in that mode). The gradient norm is the one clipping returns; with
+clipping off (``max_grad_norm`` 0 or null) it is computed for the check, on the device.
 """
 
 from __future__ import annotations

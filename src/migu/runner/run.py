@@ -4,6 +4,7 @@ last finished stage when re-run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -246,7 +247,12 @@ def restore_run(
     return plan, family, model
 
 
-def _check_run_dir(plan: Plan, restart: bool = False) -> ckpt.RunState | None:
+def _main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (its RANK), or a single process: the one that writes."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def _check_run_dir(plan: Plan, restart: bool = False, write: bool = True) -> ckpt.RunState | None:
     """Existing state to resume from, or None for a fresh run; refuses to mix two configs.
 
     ``restart``: a run none of whose stages finished is cleared and started again (with this
@@ -262,7 +268,7 @@ def _check_run_dir(plan: Plan, restart: bool = False) -> ckpt.RunState | None:
             )
         return None
     if restart:
-        _restart(plan, state)
+        _restart(plan, state, write)
         return None
     if state.config_hash != digest:
         changes = _config_changes(plan)
@@ -303,7 +309,7 @@ def _config_changes(plan: Plan) -> str:
 _RUN_OUTPUTS = ("results.json", "accuracy_matrix.csv", "config.yaml", ckpt.CKPT_DIR, "tb")
 
 
-def _restart(plan: Plan, state: ckpt.RunState) -> None:
+def _restart(plan: Plan, state: ckpt.RunState, write: bool = True) -> None:
     """Clear a run none of whose stages finished, so it starts again (``migu run --restart``)."""
     if state.trained or state.completed:
         raise ConfigError(
@@ -315,6 +321,8 @@ def _restart(plan: Plan, state: ckpt.RunState) -> None:
         log.warning("%s: restarting with a changed config: %s", plan.run_dir, _config_changes(plan))
     else:
         log.warning("%s: restarting (no stage had finished)", plan.run_dir)
+    if not write:
+        return
     for name in _RUN_OUTPUTS:  # the run state last: a restart killed half-way can be repeated
         path = plan.run_dir / name
         if path.is_dir():
@@ -324,7 +332,7 @@ def _restart(plan: Plan, state: ckpt.RunState) -> None:
     (plan.run_dir / ckpt.STATE_FILE).unlink()
 
 
-def _finished(plan: Plan, state: ckpt.RunState) -> RunResults:
+def _finished(plan: Plan, state: ckpt.RunState, write: bool = True) -> RunResults:
     """A finished run's results: the saved ones, or (killed while writing them) rebuilt from the
     run state; no model is built and no checkpoint read."""
     try:
@@ -336,8 +344,9 @@ def _finished(plan: Plan, state: ckpt.RunState) -> RunResults:
             log.info("%s: finished already (%d stages); nothing to do", plan.run_dir, len(plan.task_names))
             return saved
     results = build_results(plan, state)
-    with faults.writing(f"the results of {plan.run_dir}", "the run state and checkpoints are intact"):
-        write_results(plan.run_dir, results)
+    if write:
+        with faults.writing(f"the results of {plan.run_dir}", "the run state and checkpoints are intact"):
+            write_results(plan.run_dir, results)
     return results
 
 
@@ -375,7 +384,7 @@ def _load_resume_checkpoint(plan: Plan, family: Any, model: nn.Module, state: ck
         ) from exc
 
 
-def _rollback(plan: Plan, state: ckpt.RunState) -> ckpt.RunState:
+def _rollback(plan: Plan, state: ckpt.RunState, write: bool = True) -> ckpt.RunState:
     """``--rollback``: forget the stages after the last intact checkpoint (their checkpoints too),
     so they are trained again; a no-op when the checkpoint a resume needs is intact."""
     last = state.trained - 1
@@ -398,6 +407,8 @@ def _rollback(plan: Plan, state: ckpt.RunState) -> ckpt.RunState:
     state.progress = {k: v for k, v in state.progress.items() if _progress_stage(k) < state.completed}
     state.checkpoints = {name: d for name, d in state.checkpoints.items() if int(name[5:]) < trained}
     state.failure = None
+    if not write:
+        return state
     with faults.writing(f"the run state of {plan.run_dir}"):
         ckpt.write_state(plan.run_dir, state)
     for i in range(trained, len(plan.task_names)):
@@ -453,12 +464,14 @@ def execute(plan: Plan, restart: bool = False, rollback: bool = False) -> RunRes
     faults.check_output_dir(run_dir)
     with faults.writing(f"the run directory {run_dir}"):
         run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        state = _check_run_dir(plan, restart)
+    main = _main_process()
+    # One lock per run: in a multi-process launch rank 0 holds it for all ranks (they write nothing).
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        state = _check_run_dir(plan, restart, write=main)
         if state is not None and rollback:
-            state = _rollback(plan, state)
+            state = _rollback(plan, state, write=main)
         if state is not None and state.completed == len(plan.task_names) and state.failure is None:
-            return _finished(plan, state)
+            return _finished(plan, state, write=main)
         handler = logging.FileHandler(run_dir / "run.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("migu").addHandler(handler)
