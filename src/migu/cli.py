@@ -17,7 +17,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    results = run(config, out, data_root=args.data)
+    results = run(config, out, data_root=args.data, restart=args.restart, rollback=args.rollback)
     from .runner.results import format_results
 
     print(format_results(results))
@@ -77,6 +77,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     summary = run_sweep(args.sweep, out=args.out, data_root=args.data, overrides=args.overrides)
     out = Path(args.out) if args.out else Path("runs") / str(summary["name"])
     print((out / "summary.md").read_text())
+    if summary.get("busy"):
+        print(f"being run by another process (skipped): {', '.join(summary['busy'])}")
+    if summary.get("failed"):
+        print(f"failed (non-finite loss; see each cell's results.json): {', '.join(summary['failed'])}")
     print(f"sweep directory: {out}")
     return 0
 
@@ -99,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 migu.threshold=0.5")
     p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
     p.add_argument("--out", help="run directory (default: runs/<config name>); re-running resumes")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the run in --out again with this (changed) config, while none of its stages finished",
+    )
+    p.add_argument(
+        "--rollback",
+        action="store_true",
+        help="when the checkpoint a resume needs is corrupt, train again from the last intact one",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="run a grid of configs (methods x MIGU x seeds ...) and summarise it")
@@ -156,6 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input: one clear line, no traceback (ConfigError and DataError are ValueErrors).
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         log.error("%s", msg)
+        return 2
+    except RuntimeError as exc:
+        from .runner.faults import RunError
+
+        if not isinstance(exc, RunError):
+            raise
+        # A run that cannot go on (diverged, locked, corrupt checkpoint, unwritable output): the
+        # message says what failed, what was kept and what to do.
+        log.error("%s", exc)
         return 2
 
 

@@ -10,19 +10,12 @@ import pytest
 from support.methods import ENCODER_SPEC, task_ctx, tiny_encoder
 from torch import nn
 
+from migu.benchmarks.data import Example
 from migu.methods import FTReplay, LoRAReplay, get_method, replay_count
 from migu.methods.replay import ReplayMixin
 
-
-@dataclass(frozen=True)
-class Row:
-    """Same shape as migu.benchmarks.data.Example."""
-
-    task: str
-    input: str
-    sentence: str
-    label: str
-    options: tuple[str, ...]
+# Replay saves only the row types it knows (ROW_TYPES, issue 17.8): the benchmark's Example.
+Row = Example
 
 
 SIZES = {"dbpedia": 150, "amazon": 80, "yahoo": 60, "agnews": 30}
@@ -155,3 +148,31 @@ def test_lora_replay_is_lora_with_a_buffer() -> None:
     method.on_task_end(task_ctx(model, 0, "a", list(range(100))))
     assert set(method.state_dict()) == {"adapters", "replay"}
     assert method.training_examples(task_ctx(None, 1, "t", []), random.Random(0)) == method.replay_rows(1)
+
+
+def test_saved_row_types_come_from_a_fixed_table_never_an_import() -> None:
+    """Issue 17.8: a tampered method_state.json cannot make migu import a module it names."""
+    import sys
+
+    from migu.benchmarks.instructions import Conversation
+
+    convs = [Conversation((("user", f"q{i}"), ("assistant", f"a{i}")), f"f:{i}") for i in range(50)]
+    method = FTReplay()
+    method.on_task_end(task_ctx(MODEL, 0, "t", convs))
+    restored = FTReplay()
+    restored.load_state_dict(json.loads(json.dumps(method.state_dict())))
+    assert restored.replay_rows(1) == method.replay_rows(1)  # nested tuples back as tuples
+
+    state = json.loads(json.dumps(method.state_dict()))
+    state["replay"][0]["row_type"] = "this:Thing"  # importing `this` would print the Zen of Python
+    assert "this" not in sys.modules
+    with pytest.raises(ValueError, match=r"unknown row type 'this:Thing'"):
+        FTReplay().load_state_dict(state)
+    assert "this" not in sys.modules
+
+    @dataclass(frozen=True)
+    class Unknown:
+        x: int
+
+    with pytest.raises(ValueError, match="cannot be saved with a checkpoint"):
+        FTReplay().on_task_end(task_ctx(MODEL, 0, "t", [Unknown(i) for i in range(10)]))

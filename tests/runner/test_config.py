@@ -90,6 +90,9 @@ def test_base_cycle(tmp_path: Path) -> None:
         ("method.options.r=0", r"method\.options: method 'ft': unknown option"),
         ("seed=abc", r"seed must be an integer, got 'abc'"),
         ("eval_baseline=maybe", r"eval_baseline must be true or false"),
+        ("train.lr=.nan", r"train\.lr must be a finite number, got nan"),  # passed every range check
+        ("train.epochs=.inf", r"train\.epochs must be a finite number, got inf"),
+        ("train.max_grad_norm=.inf", r"train\.max_grad_norm must be a finite number"),
     ],
 )
 def test_every_field_is_checked_when_the_config_is_read(override: str, match: str) -> None:

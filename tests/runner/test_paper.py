@@ -92,7 +92,10 @@ def _sweep_file(tmp_path: Path, paper: str) -> Path:
 
 
 def test_sweep_paper_table_goes_to_each_cell(tmp_path: Path) -> None:
-    spec = "paper:\n  source: T2\n  metric: acc\n  values:\n    FT: {base: 75.7, migu: 78.8}\n    lora: {migu: 73.3}\n"
+    spec = (
+        "paper:\n  source: T2\n  metric: acc\n  values:\n"
+        "    FT: {base: 75.7, migu: 78.8}\n    lora: {migu: 73.3}\n"
+    )
     _, cells = load_sweep(_sweep_file(tmp_path, spec))
     got = {(c.values["method"], "on" if c.values["migu"] else "off"): c.config.get("paper") for c in cells}
     assert got[("ft", "off")] == {"source": "T2", "values": {"acc": 75.7}}  # the paper's name is accepted
@@ -145,7 +148,7 @@ def test_paper_comparisons_known_answer() -> None:
         ("ft", "T=0.7", 78.8, 1),
     ]
     assert comps[0].mean == pytest.approx(60.0) and comps[0].std == pytest.approx(14.142, abs=1e-3)
-    header, rows = paper_table(comps)
+    _header, rows = paper_table(comps)
     assert rows[0][:7] == ["FT", "off", "acc", "75.70", "60.00 ± 14.14", "2", "-15.70"]
     assert rows[1][4:7] == ["80.00", "1", "+1.20"] and rows[1][7] == "T2"
 

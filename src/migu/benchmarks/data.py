@@ -123,6 +123,8 @@ def _read_json(path: Path) -> Any:
         raise DataError(
             f"{path}: malformed JSON at line {err.lineno} column {err.colno} (char {err.pos}): {err.msg}"
         ) from None
+    except RecursionError:  # json gives up on arrays nested thousands deep: not a data file either
+        raise DataError(f"{path}: JSON nested too deeply to be benchmark data") from None
 
 
 def _read_labels(path: Path) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,15 +19,25 @@ from torch import nn
 
 from .tokens import Stream, StreamResolver
 
-try:  # GPT-2 style linear with weight [d_in, d_out]
-    from transformers.pytorch_utils import Conv1D as _HFConv1D
-except ImportError:  # pragma: no cover - transformers is a dependency
-    _HFConv1D = None
 
-try:
-    from peft.tuners.lora import LoraLayer as _LoraLayer
-except ImportError:  # pragma: no cover - peft is a dependency
-    _LoraLayer = None
+def _loaded_class(module: str, name: str) -> type | None:
+    """A class of a library module if that module is loaded, else None. Why not import it: an
+    instance of the class cannot exist before its module is imported, so a model without PEFT
+    layers never pays for importing peft (seconds) just to learn it has none."""
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return cls if isinstance(cls, type) else None
+
+
+def _hf_conv1d() -> type | None:
+    """transformers' GPT-2 style linear (weight [d_in, d_out])."""
+    return _loaded_class("transformers.pytorch_utils", "Conv1D")
+
+
+def _lora_layer() -> type | None:
+    """peft's LoRA layer wrapper."""
+    return _loaded_class("peft.tuners.lora", "LoraLayer")
+
 
 # A module inside a numbered transformer block ("encoder.layer.3.", "layers.0.", "h.11.", "block.2.").
 _IN_BLOCK = re.compile(r"(?:^|\.)\d+\.")
@@ -79,12 +90,14 @@ def component_of(name: str) -> str | None:
 
 
 def _is_plain_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (_HFConv1D is not None and isinstance(module, _HFConv1D))
+    conv1d = _hf_conv1d()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
 
 
 def is_lora_layer(module: nn.Module) -> bool:
     """A PEFT LoRA layer (the wrapper holding base_layer, lora_A and lora_B)."""
-    return _LoraLayer is not None and isinstance(module, _LoraLayer) and hasattr(module, "lora_A")
+    layer = _lora_layer()
+    return layer is not None and isinstance(module, layer) and hasattr(module, "lora_A")
 
 
 def _pattern_match(name: str, patterns: Iterable[str]) -> bool:
@@ -97,7 +110,8 @@ def _pattern_match(name: str, patterns: Iterable[str]) -> bool:
 
 
 def _plain_target(name: str, module: nn.Module, stream: Stream) -> Target:
-    conv1d = _HFConv1D is not None and isinstance(module, _HFConv1D)
+    conv1d_cls = _hf_conv1d()
+    conv1d = conv1d_cls is not None and isinstance(module, conv1d_cls)
     row_dim = 1 if conv1d else 0
     bias = module.bias if isinstance(getattr(module, "bias", None), nn.Parameter) else None
     return Target(

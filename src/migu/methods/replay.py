@@ -17,7 +17,6 @@ so a buffer can be restored without the task data.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import random
@@ -27,6 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..benchmarks.data import Example
+from ..benchmarks.instructions import Conversation
 from ._options import check_float, check_int
 from .base import CLMethod, MethodNeeds, TaskContext
 from .ft import FT
@@ -43,9 +44,24 @@ def replay_count(fraction: float, n: int) -> int:
     return min(n, max(1, k))
 
 
+# The row types a replay buffer may hold, by the name saved in method_state.json. A fixed table, not
+# an import of whatever module the file names: a tampered run directory cannot make migu import code.
+ROW_TYPES: dict[str, type] = {
+    "migu.benchmarks.data:Example": Example,  # labelled CL_Benchmark rows (finetune regime)
+    "migu.benchmarks.instructions:Conversation": Conversation,  # instruction sets (instruct regime)
+}
+
+
 def _row_type(row: Any) -> str | None:
+    """The saved name of a row's type: a ROW_TYPES entry for dataclass rows, None for plain JSON rows."""
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        return f"{type(row).__module__}:{type(row).__qualname__}"
+        name = f"{type(row).__module__}:{type(row).__qualname__}"
+        if ROW_TYPES.get(name) is not type(row):
+            raise ValueError(
+                f"replay: rows of type {name} cannot be saved with a checkpoint; known row types: "
+                f"{sorted(ROW_TYPES)} (or plain JSON rows)"
+            )
+        return name
     return None
 
 
@@ -56,25 +72,37 @@ def _row_to_json(row: Any) -> Any:
     return row
 
 
+def _as_hint(value: Any, hint: Any) -> Any:
+    """JSON lists back to the tuples a field's annotation asks for (nested ones included)."""
+    if typing.get_origin(hint) is not tuple or not isinstance(value, list):
+        return value
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_as_hint(v, args[0]) for v in value)
+    if len(args) == len(value):
+        return tuple(_as_hint(v, a) for v, a in zip(value, args, strict=True))
+    return tuple(value)
+
+
 def _row_from_json(row_type: str | None, data: Any) -> Any:
-    """Rebuild a row saved by :func:`_row_to_json`; JSON lists go back to tuples where the field is one."""
+    """Rebuild a row saved by :func:`_row_to_json`; an unknown type name is a ValueError (never an import)."""
     if row_type is None:
         return data
-    module_name, _, qualname = row_type.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
-        raise ValueError(f"replay state: row type {row_type!r} is not a dataclass")
-    hints = typing.get_type_hints(obj)
-    kwargs = {}
-    for f in dataclasses.fields(obj):
-        if f.name in data:
-            value = data[f.name]
-            if isinstance(value, list) and typing.get_origin(hints.get(f.name)) is tuple:
-                value = tuple(value)
-            kwargs[f.name] = value
-    return obj(**kwargs)
+    cls = ROW_TYPES.get(row_type)
+    if cls is None:
+        raise ValueError(
+            f"replay state: unknown row type {row_type!r}; known row types: {sorted(ROW_TYPES)} "
+            "(was the file edited, or written by another program?)"
+        )
+    if not isinstance(data, dict):
+        raise ValueError(f"replay state: a {row_type} row must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name in data]
+    kwargs = {name: _as_hint(data[name], hints.get(name)) for name in names}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"replay state: a {row_type} row does not fit its type: {exc}") from None
 
 
 @dataclass
@@ -86,7 +114,7 @@ class _Stored:
     n: int  # size of the task's training list
     indices: list[int]  # sorted positions in that list
     rows: list[Any]
-    row_type: str | None  # "module:QualName" of dataclass rows, None for plain JSON rows
+    row_type: str | None  # a ROW_TYPES name for dataclass rows, None for plain JSON rows
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -20,14 +20,17 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
+
+from .faults import CheckpointError
+from .files import apply_umask_mode, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +40,57 @@ METHOD_TENSORS = "method_state.safetensors"
 MIGU_TENSORS = "migu_state.safetensors"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
+def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a resolved config that change results (not paths or bookkeeping): what
+    :func:`config_hash` hashes and :func:`config_changes` compares."""
     ignored = ("name", "data_root", "keep_checkpoints", "tensorboard", "paper")
     relevant = {k: v for k, v in config.items() if k not in ignored}
-    relevant["train"] = {k: v for k, v in relevant.get("train", {}).items() if k not in ("log_every",)}
+    # train.nonfinite: a stage finished under stop had no non-finite step, so it is what skip gives too
+    # (skipped steps are recorded per stage in the timings): a diverged run may resume with skip.
+    unhashed = ("log_every", "nonfinite")
+    relevant["train"] = {k: v for k, v in (relevant.get("train") or {}).items() if k not in unhashed}
     migu = relevant.get("migu")
     if isinstance(migu, dict) and migu.get("cluster", 0) is None:
         # MIGU+Cluster off hashes as before the field existed: runs started earlier still resume.
         relevant["migu"] = {k: v for k, v in migu.items() if k != "cluster"}
+    return relevant
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
+    relevant = hashed_config(config)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two resolved configs
+    (only the parts that are hashed: a changed name or log_every is not a change of the run)."""
+    old, new = _flatten(hashed_config(before)), _flatten(hashed_config(now))
+
+    def show(d: dict[str, Any], k: str) -> str:
+        return json.dumps(d[k], default=str) if k in d else "(unset)"
+
+    keys = sorted(
+        k for k in old.keys() | new.keys() if _canon(old.get(k, _UNSET)) != _canon(new.get(k, _UNSET))
+    )
+    return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in keys]
+
+
+_UNSET = object()
+
+
+def _canon(value: Any) -> Any:
+    """Compare as the hash does (as JSON text: a tuple equals a list)."""
+    return value if value is _UNSET else json.dumps(value, sort_keys=True, default=str)
 
 
 def task_dir(run_dir: Path, task_index: int) -> Path:
@@ -81,40 +110,118 @@ def save_checkpoint(
     ``migu_tensors``: the MIGU engine's state (the cluster assignments, keyed by target name).
     """
     final = task_dir(run_dir, task_index)
-    tmp = final.with_name(final.name + ".tmp")
+    # One temp name per writer (the pid): two writers never share a half-written directory.
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
-    (tmp / "method_state.json").write_text(json.dumps(method_state))
-    if method_tensors:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in method_tensors.items()}
-        save_file(tensors, str(tmp / METHOD_TENSORS))
-    if migu_tensors:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in migu_tensors.items()}, str(tmp / MIGU_TENSORS)
-        )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
+        (tmp / "method_state.json").write_text(json.dumps(method_state))
+        if method_tensors:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in method_tensors.items()}
+            save_file(tensors, str(tmp / METHOD_TENSORS))
+        if migu_tensors:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in migu_tensors.items()}, str(tmp / MIGU_TENSORS)
+            )
+        for path in tmp.iterdir():
+            apply_umask_mode(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give back the space of the partial copy
+        raise
+    if final.exists():  # a stage checkpointed again (killed before its run state was written)
+        old = final.with_name(f"{final.name}.{os.getpid()}.old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     return final
 
 
 def load_checkpoint(
     run_dir: Path, task_index: int, model: nn.Module
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load weights into ``model`` (strict); return the method state (JSON, tensors) saved beside them."""
+    """Load weights into ``model`` (strict); return the method state (JSON, tensors) saved beside them.
+
+    A truncated or corrupt file is a CheckpointError naming it (never a safetensors traceback).
+    """
     d = task_dir(run_dir, task_index)
     weights = d / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint missing: {weights}")
-    missing, unexpected = load_model(model, str(weights), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(weights, exc) from exc
     if missing or unexpected:
         raise RuntimeError(
             f"{weights} does not match the model built from the config: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    tensors = load_file(str(d / METHOD_TENSORS)) if (d / METHOD_TENSORS).is_file() else {}
-    return json.loads((d / "method_state.json").read_text()), tensors
+    tensors = read_tensors(d / METHOD_TENSORS) if (d / METHOD_TENSORS).is_file() else {}
+    meta = d / "method_state.json"
+    try:
+        return json.loads(meta.read_text()), tensors
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(meta, exc) from exc
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path} cannot be read, it is truncated or corrupt ({exc})")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file when it cannot be read."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """{file name: sha256} of a checkpoint directory, recorded in the run state when it is written."""
+    return {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def verify_checkpoint(run_dir: Path, task_index: int, expected: dict[str, str]) -> None:
+    """Every file recorded for ``task_index``'s checkpoint is there with its recorded sha256, else
+    a CheckpointError naming the first file that is not."""
+    d = task_dir(run_dir, task_index)
+    for name, digest in sorted(expected.items()):
+        path = d / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing (it was recorded in {STATE_FILE} when written)")
+        actual = _sha256(path)
+        if actual != digest:
+            raise CheckpointError(
+                f"{path} is corrupt: its sha256 {actual[:16]} differs from the {digest[:16]} recorded "
+                "when it was written"
+            )
+
+
+def checkpoint_intact(run_dir: Path, task_index: int, expected: dict[str, str] | None) -> bool:
+    """Whether ``task_index``'s checkpoint exists and matches its recorded digests (for run states
+    written before digests were recorded: whether its safetensors headers read and fit the files)."""
+    d = task_dir(run_dir, task_index)
+    if not (d / "model.safetensors").is_file():
+        return False
+    try:
+        if expected:
+            verify_checkpoint(run_dir, task_index, expected)
+        else:
+            for path in d.glob("*.safetensors"):
+                with safe_open(str(path), framework="pt") as fh:
+                    fh.keys()
+    except (CheckpointError, SafetensorError, OSError):
+        return False
+    return True
 
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -136,6 +243,7 @@ def save_optimizer_state(run_dir: Path, task_index: int, state: dict[str, Any]) 
     meta = {"param_groups": state["param_groups"], "plain": plain, "ids": [str(k) for k in state["state"]]}
     tmp = d / f".{OPTIMIZER_TENSORS}.{os.getpid()}.tmp"
     save_file(tensors, str(tmp))
+    apply_umask_mode(tmp)
     os.replace(tmp, d / OPTIMIZER_TENSORS)
     atomic_write_text(d / OPTIMIZER_META, json.dumps(meta, default=list))
 
@@ -145,8 +253,11 @@ def load_optimizer_state(run_dir: Path, task_index: int) -> dict[str, Any]:
     d = task_dir(run_dir, task_index)
     if not (d / OPTIMIZER_META).is_file():
         raise FileNotFoundError(f"{d} has no saved optimizer state: the run cannot continue its schedule")
-    meta = json.loads((d / OPTIMIZER_META).read_text())
-    tensors = load_file(str(d / OPTIMIZER_TENSORS))
+    try:
+        meta = json.loads((d / OPTIMIZER_META).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(d / OPTIMIZER_META, exc) from exc
+    tensors = read_tensors(d / OPTIMIZER_TENSORS)
     state: dict[int, dict[str, Any]] = {int(pid): dict(meta["plain"].get(pid, {})) for pid in meta["ids"]}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
@@ -157,7 +268,7 @@ def load_optimizer_state(run_dir: Path, task_index: int) -> dict[str, Any]:
 def load_migu_tensors(run_dir: Path, task_index: int) -> dict[str, torch.Tensor]:
     """The MIGU engine state saved with ``task_index``'s checkpoint ({} when there is none)."""
     path = task_dir(run_dir, task_index) / MIGU_TENSORS
-    return load_file(str(path)) if path.is_file() else {}
+    return read_tensors(path) if path.is_file() else {}
 
 
 def prune_checkpoints(run_dir: Path, keep_index: int) -> None:
@@ -187,6 +298,9 @@ class RunState:
     wall_seconds: float = 0.0
     data: dict[str, str] = field(default_factory=dict)  # every data file read -> sha256
     correct: dict[str, dict[str, list[int]]] | None = None  # last scoring: split -> task -> 0/1 per row
+    failure: dict[str, Any] | None = None  # why the last attempt stopped (a non-finite loss); None = fine
+    # checkpoint directory name (task_03) -> {file: sha256} at write time: a resume checks them
+    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def read_state(run_dir: Path) -> RunState | None:

@@ -125,6 +125,9 @@ class TrainConfig:
     eval_batch_size: int = 64
     log_every: int = 10
     max_steps_per_task: int | None = None
+    # an optimizer step with an inf/NaN loss or gradient norm: stop the run (keeping the last good
+    # checkpoint) or skip that step's update (counted per stage); see runner/guard.py
+    nonfinite: Literal["stop", "skip"] = "stop"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -385,6 +388,13 @@ def _describe(hint: Any) -> str:
     return str(hint)
 
 
+def _arms(hint: Any) -> tuple[Any, ...]:
+    """The types a (possibly union) annotation allows."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
 class _Mismatch(Exception):
     pass
 
@@ -418,7 +428,8 @@ def _coerce(value: Any, hint: Any) -> Any:
             return value
         raise _Mismatch
     if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        # NaN and inf are never a setting (an lr of NaN passes every range check, epochs of inf never end)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise _Mismatch
     if hint is str:
@@ -467,6 +478,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         try:
             kwargs[key] = _coerce(value, hint)
         except _Mismatch:
+            if isinstance(value, float) and not math.isfinite(value) and float in _arms(hint):
+                raise ConfigError(f"{where}{key} must be a finite number, got {value}") from None
             raise ConfigError(f"{where}{key} must be {_describe(hint)}, got {value!r}") from None
     try:
         return cls(**kwargs)
@@ -541,15 +554,23 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml_config(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML mapping; a ``base: other.yaml`` key (relative to the file) is merged under it."""
-    p = Path(path).resolve()
-    if not p.is_file():
+    try:
+        p = Path(path).resolve()
+        found = p.is_file()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
+        raise ConfigError(f"config file {str(path)!r} cannot be opened: {exc}") from None
+    if not found:
         raise ConfigError(f"config file not found: {path}")
     if p in _seen:
         raise ConfigError(f"{p}: 'base' includes form a cycle")
     try:
-        loaded = yaml_load(p.read_text())
+        loaded = yaml_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a config") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
@@ -557,9 +578,13 @@ def read_yaml_config(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ())
     base = loaded.pop("base", None)
     if base is None:
         return loaded
-    if not isinstance(base, str):
+    if not isinstance(base, str) or not base:
         raise ConfigError(f"{p}: 'base' must be a file path")
-    return _deep_merge(read_yaml_config(p.parent / base, (*_seen, p)), loaded)
+    try:
+        parent = read_yaml_config(p.parent / base, (*_seen, p))
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: base {base!r}: {exc}") from None
+    return _deep_merge(parent, loaded)
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> RunConfig:

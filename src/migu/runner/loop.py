@@ -28,6 +28,7 @@ from ..methods import CLMethod, StepContext, TaskContext
 from ..metrics import accuracy, macro_f1
 from ..models import ModelFamily
 from .config import TrainConfig
+from .guard import NonFiniteGuard, grad_norm
 from .optim import build_adamw
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class TaskTrainResult:
     final_loss: float
     loss_terms: dict[str, float]
     optimizer_state: dict[str, Any] | None = None  # for a next stage that continues this optimization
+    skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient (train.nonfinite: skip)
 
 
 @dataclass(frozen=True)
@@ -121,53 +123,77 @@ def train_task(
     running = torch.zeros((), device=accelerator.device)  # loss summed on device: no per-step sync
     running_terms: dict[str, torch.Tensor] = {}
     last_loss, last_terms = float("nan"), {}
+    # inf/NaN losses and gradient norms, checked on device (runner/guard.py: no per-step host sync)
+    guard = NonFiniteGuard(accelerator.device, train_cfg.nonfinite, task_name, total)
     bar = tqdm(
         total=total, desc=f"task {task_index + 1} {task_name}", disable=not accelerator.is_local_main_process
     )
-    while step < total:
-        for batch in loader:
-            with accelerator.accumulate(wrapped):
-                out = family.forward(wrapped, batch)
-                loss = out.loss
-                terms = method.step_loss(StepContext(task, wrapped, batch, out, step))
-                total_loss = loss + sum(terms.values()) if terms else loss
-                accelerator.backward(total_loss)
-                running += loss.detach().float()
-                micro += 1
-                for k, v in terms.items():
-                    running_terms[k] = running_terms.get(k, 0) + v.detach().float()
-                if accelerator.sync_gradients:
-                    if masker is not None:
-                        masker.apply()  # MIGU: keep only the top-magnitude rows' gradients
-                    method.before_optimizer_step(task)
-                    if train_cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    bar.update(1)
-                    if step % train_cfg.log_every == 0 or step == total:
-                        n = max(micro, 1)
-                        last_loss = running.item() / n  # host sync only at log time
-                        last_terms = {k: float(v) / n for k, v in running_terms.items()}
-                        bar.set_postfix(
-                            loss=f"{last_loss:.4f}", **{k: f"{v:.3g}" for k, v in last_terms.items()}
-                        )
-                        accelerator.log(
-                            {
-                                f"train/{task_name}/loss": last_loss,
-                                **{f"train/{task_name}/{k}": v for k, v in last_terms.items()},
-                            },
-                            step=step,
-                        )
-                        running.zero_()
-                        running_terms, micro = {}, 0
-            if step >= total:
-                break
-    bar.close()
-    if masker is not None:
-        masker.detach()
+    try:
+        while step < total:
+            for batch in loader:
+                with accelerator.accumulate(wrapped):
+                    out = family.forward(wrapped, batch)
+                    loss = out.loss
+                    terms = method.step_loss(StepContext(task, wrapped, batch, out, step))
+                    total_loss = loss + sum(terms.values()) if terms else loss
+                    accelerator.backward(total_loss)
+                    guard.add_loss(total_loss)
+                    running += loss.detach().float()
+                    micro += 1
+                    for k, v in terms.items():
+                        running_terms[k] = running_terms.get(k, 0) + v.detach().float()
+                    if accelerator.sync_gradients:
+                        if masker is not None:
+                            masker.apply()  # MIGU: keep only the top-magnitude rows' gradients
+                        method.before_optimizer_step(task)
+                        if train_cfg.max_grad_norm:
+                            norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
+                        else:
+                            norm = grad_norm(params)
+                        if guard.end_step(norm):
+                            optimizer.step()
+                            scheduler.step()
+                        else:  # train.nonfinite: skip; the step keeps its place in the lr schedule
+                            with warnings.catch_warnings():
+                                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                                scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        step += 1
+                        bar.update(1)
+                        if step % train_cfg.log_every == 0 or step == total:
+                            guard.check()  # stop: at the first log step after a non-finite one
+                            n = max(micro, 1)
+                            last_loss = running.item() / n  # host sync only at log time
+                            last_terms = {k: float(v) / n for k, v in running_terms.items()}
+                            bar.set_postfix(
+                                loss=f"{last_loss:.4f}", **{k: f"{v:.3g}" for k, v in last_terms.items()}
+                            )
+                            accelerator.log(
+                                {
+                                    f"train/{task_name}/loss": last_loss,
+                                    **{f"train/{task_name}/{k}": v for k, v in last_terms.items()},
+                                },
+                                step=step,
+                            )
+                            running.zero_()
+                            running_terms, micro = {}, 0
+                if step >= total:
+                    break
+        guard.check()
+        guard.check_weights(params)  # before any caller can checkpoint them
+    finally:
+        bar.close()
+        if masker is not None:
+            masker.detach()
+    if guard.skipped:
+        log.warning(
+            "task %d %s: skipped %d of %d optimizer steps with a non-finite loss or gradient "
+            "(train.nonfinite: skip)",
+            task_index + 1,
+            task_name,
+            guard.skipped,
+            step,
+        )
     # Undo this task's wrapping (DDP, autocast forward) and drop the optimizer/dataloader references:
     # the next task prepares afresh (IncLoRA adds parameters between tasks).
     accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
@@ -184,7 +210,7 @@ def train_task(
     )
     inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
     state = inner.state_dict() if continuation is not None else None
-    return TaskTrainResult(step, seconds, last_loss, last_terms, optimizer_state=state)
+    return TaskTrainResult(step, seconds, last_loss, last_terms, optimizer_state=state, skipped=guard.skipped)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from .files import atomic_write_texts
 
 RESULTS_FILE = "results.json"
 MATRIX_FILE = "accuracy_matrix.csv"
@@ -63,6 +63,8 @@ class RunResults:
     wall_seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the resolved run config
+    # why the run stopped before its end (a non-finite loss: stage, step, reason); None = not failed
+    failure: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -163,9 +165,9 @@ def _strict_json(value: Any, key: str = "") -> Any:
 
 
 def write_results(run_dir: Path, results: RunResults) -> None:
-    """Write both result files atomically (a reader never sees a half-written file)."""
+    """Write both result files atomically (a reader never sees a half-written file, and a failed
+    write, a full disk, leaves both as they were)."""
     body = json.dumps(_strict_json(results.to_json()), indent=1, allow_nan=False)
-    atomic_write_text(run_dir / RESULTS_FILE, body)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["after_task", *results.tasks])
@@ -173,7 +175,7 @@ def write_results(run_dir: Path, results: RunResults) -> None:
         writer.writerow(["(untrained)", *(f"{100 * v:.2f}" for v in results.baseline)])
     for name, row in zip(results.stages or results.tasks, results.matrix, strict=False):
         writer.writerow([name, *("" if v is None else f"{100 * v:.2f}" for v in row)])
-    atomic_write_text(run_dir / MATRIX_FILE, buf.getvalue())
+    atomic_write_texts({run_dir / RESULTS_FILE: body, run_dir / MATRIX_FILE: buf.getvalue()})
 
 
 def _fmt(v: float | None) -> str:
@@ -199,6 +201,8 @@ def format_results(results: RunResults) -> str:
         lines.append("")
         keys = METRICS if results.regime == "finetune" else tuple(results.metrics)
         lines.append("  ".join(f"{k.upper()} {_fmt(results.metric(k)).strip()}" for k in keys))
+    if results.failure:
+        lines.append(f"FAILED: {results.failure.get('reason', results.failure)}")
     if not results.complete:
         lines.append(f"(incomplete: {results.trained} of {len(tasks)} tasks finished)")
     lines.append(f"wall time {results.wall_seconds:.0f}s")

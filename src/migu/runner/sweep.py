@@ -34,8 +34,9 @@ from typing import Any
 import yaml
 
 from ..methods import get_method_class
-from .checkpoint import atomic_write_text
 from .config import ConfigError, apply_overrides, build_run_config, read_yaml_config, yaml_load
+from .faults import DivergedError, RunLockedError
+from .files import atomic_write_text
 from .results import METRICS
 from .run import execute, plan_run
 from .summary import (
@@ -210,7 +211,12 @@ def run_sweep(
     data_root: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Plan every cell (all inputs validated first), run the unfinished ones, write the summary."""
+    """Plan every cell (all inputs validated first), run the unfinished ones, write the summary.
+
+    A cell locked by another process (a second ``migu sweep`` on the same directory) is skipped and
+    listed under ``busy``; a cell that diverged is listed under ``failed``; both stay unfinished in
+    the summary, and a later re-run picks them up.
+    """
     name, cells = load_sweep(path, overrides)
     sweep_dir = Path(out) if out else Path("runs") / name
     plans = [plan_run(build_run_config(c.config), sweep_dir / c.name, data_root) for c in cells]
@@ -221,8 +227,20 @@ def run_sweep(
             {"name": name, "cells": [{"name": c.name, "values": c.values} for c in cells]}, sort_keys=False
         ),
     )
+    busy: list[str] = []
+    failed: list[str] = []
     for i, (cell, plan) in enumerate(zip(cells, plans, strict=True)):
         log.info("sweep %s: cell %d/%d %s", name, i + 1, len(cells), cell.name)
-        execute(plan)
+        try:
+            execute(plan)  # takes the cell's lock: each cell is one run
+        except RunLockedError as exc:
+            # Another sweep (or run) on this directory is running this cell: leave it to that one, so
+            # two `migu sweep` processes on one directory share its cells instead of colliding.
+            log.warning("sweep %s: cell %s skipped: %s", name, cell.name, exc)
+            busy.append(cell.name)
+        except DivergedError as exc:  # a diverged cell is a result of the grid, not the sweep's end
+            log.warning("sweep %s: cell %s failed: %s", name, cell.name, exc)
+            failed.append(cell.name)
     write_summary(sweep_dir)
-    return json.loads((sweep_dir / "summary.json").read_text())
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    return {**summary, "busy": busy, "failed": failed}

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .config import ConfigError, build_run_config, read_yaml_config
 from .results import METRICS, RunResults, load_results
 from .run import execute, plan_run
