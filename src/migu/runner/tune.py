@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from .files import atomic_write_text
 from .config import ConfigError, build_run_config, read_yaml_config
+from .files import atomic_write_text
 from .results import METRICS, RunResults, load_results
 from .run import execute, plan_run
 from .summary import (
