@@ -17,6 +17,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
+    if args.num_processes > 1:
+        from .runner.launch import launch_run
+
+        return launch_run(
+            config,
+            args.config,
+            args.overrides,
+            out,
+            args.data,
+            args.num_processes,
+            restart=args.restart,
+            rollback=args.rollback,
+        )
     results = run(config, out, data_root=args.data, restart=args.restart, rollback=args.rollback)
     from .runner.results import format_results
 
@@ -112,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rollback",
         action="store_true",
         help="when the checkpoint a resume needs is corrupt, train again from the last intact one",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run in N processes (one per GPU; gloo CPU processes without one) through accelerate launch",
     )
     p.set_defaults(func=_cmd_run)
 

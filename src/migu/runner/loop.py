@@ -27,7 +27,7 @@ from ..engine import MIGUConfig, attach
 from ..methods import CLMethod, StepContext, TaskContext
 from ..metrics import accuracy, macro_f1
 from ..models import ModelFamily
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .guard import NonFiniteGuard, grad_norm
 from .optim import build_adamw
 
@@ -75,6 +75,12 @@ def train_task(
     schedule per task otherwise). ``clusters``: MIGU+Cluster's assignments ({target name: [d_out]
     cluster ids}, ``runner.clusters.task_clusters``), set on the masker."""
     model, task_index, task_name = task.model, task.task_index, task.task_name
+    if train_cfg.batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"train.batch_size={train_cfg.batch_size} (task {task_name!r}) does not split over "
+            f"{accelerator.num_processes} processes: batch_size is the global batch, each process takes "
+            "an equal share; use a multiple of the number of processes"
+        )
     set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
     loader = DataLoader(
         list(examples),
@@ -108,13 +114,13 @@ def train_task(
     scheduler = get_scheduler(
         _SCHEDULES[train_cfg.schedule],
         optimizer,
-        num_warmup_steps=int(train_cfg.warmup_ratio * horizon) * accelerator.num_processes,
-        num_training_steps=horizon * accelerator.num_processes,
-    )
+        num_warmup_steps=int(train_cfg.warmup_ratio * horizon),
+        num_training_steps=horizon,
+    )  # in optimizer steps: the runner's Accelerator splits batches, so its scheduler steps once per step
     if continuation is not None and continuation.start_step:
         with warnings.catch_warnings():  # moving the schedule to where the earlier stages left it
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
-            for _ in range(continuation.start_step * accelerator.num_processes):
+            for _ in range(continuation.start_step):
                 scheduler.step()
     scheduler = accelerator.prepare(scheduler)
 

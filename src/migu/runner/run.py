@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 
 from ..benchmarks import TaskData, get_order, list_domains, list_sets, load_tasks, resolve_data_root
@@ -253,6 +253,33 @@ def _main_process() -> bool:
     return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
+def world_size() -> int:
+    """Processes in this launch (``WORLD_SIZE`` of torchrun / accelerate launch; 1 when not launched)."""
+    raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    try:
+        return max(int(raw), 1)
+    except ValueError as exc:
+        raise ConfigError(f"WORLD_SIZE={raw!r} is not a number of processes") from exc
+
+
+def check_world(plan: Plan, processes: int, restart: bool = False, rollback: bool = False) -> None:
+    """Refuse, before anything is written, what cannot run over ``processes`` processes."""
+    if processes <= 1:
+        return
+    batch = plan.config.train.batch_size
+    if batch % processes:
+        raise ConfigError(
+            f"train.batch_size={batch} does not split over {processes} processes: batch_size is the "
+            "global batch (the same training at any scale) and each process takes an equal share; "
+            f"use a multiple of {processes}"
+        )
+    if (restart or rollback) and os.environ.get("WORLD_SIZE"):
+        raise ConfigError(
+            "--restart/--rollback inside a multi-process launch: use `migu run --num-processes N "
+            "--restart` (the launcher clears the run directory once, before the processes start)"
+        )
+
+
 def _check_run_dir(plan: Plan, restart: bool = False, write: bool = True) -> ckpt.RunState | None:
     """Existing state to resume from, or None for a fresh run; refuses to mix two configs.
 
@@ -462,10 +489,11 @@ def execute(plan: Plan, restart: bool = False, rollback: bool = False) -> RunRes
     returns its saved results without loading any weights.
     """
     run_dir = plan.run_dir
+    check_world(plan, world_size(), restart, rollback)
+    main = _main_process()
     faults.check_output_dir(run_dir)
     with faults.writing(f"the run directory {run_dir}"):
         run_dir.mkdir(parents=True, exist_ok=True)
-    main = _main_process()
     # One lock per run: in a multi-process launch rank 0 holds it for all ranks (they write nothing).
     with RunLock(run_dir) if main else contextlib.nullcontext():
         state = _check_run_dir(plan, restart, write=main)
@@ -473,26 +501,48 @@ def execute(plan: Plan, restart: bool = False, rollback: bool = False) -> RunRes
             state = _rollback(plan, state, write=main)
         if state is not None and state.completed == len(plan.task_names) and state.failure is None:
             return _finished(plan, state, write=main)
-        handler = logging.FileHandler(run_dir / "run.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("migu").addHandler(handler)
+        handler: logging.Handler | None = None
+        if main:  # one run.log, written by the process that writes everything else
+            handler = logging.FileHandler(run_dir / "run.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("migu").addHandler(handler)
         try:
             return _execute(plan, state)
         finally:
-            logging.getLogger("migu").removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                logging.getLogger("migu").removeHandler(handler)
+                handler.close()
+
+
+def prepare_run_dir(plan: Plan, restart: bool = False, rollback: bool = False) -> None:
+    """What ``--restart`` / ``--rollback`` do to a run directory, done once by ``migu run
+    --num-processes N`` before it launches the processes (which then simply resume or start)."""
+    faults.check_output_dir(plan.run_dir)
+    with faults.writing(f"the run directory {plan.run_dir}"):
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(plan.run_dir):
+        state = _check_run_dir(plan, restart)
+        if state is not None and rollback:
+            _rollback(plan, state)
 
 
 def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
     cfg, run_dir, stages, method = plan.config, plan.run_dir, plan.stages, plan.method
-    with faults.writing(str(run_dir / "config.yaml")):
-        atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
+    if _main_process():
+        with faults.writing(str(run_dir / "config.yaml")):
+            atomic_write_text(run_dir / "config.yaml", config_to_yaml(plan.resolved))
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with="tensorboard" if cfg.tensorboard else None,
         project_dir=str(run_dir),
+        # train.batch_size is the global batch, split over the processes: N processes take the
+        # same optimizer steps on the same rows as one (so the same masks and the same schedule).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        cpu=world_size() > 1 and not torch.cuda.is_available(),  # a CPU launch: gloo, not NCCL
     )
+    if accelerator.num_processes > 1:
+        log.info("%d processes (%s)", accelerator.num_processes, accelerator.distributed_type)
     if cfg.tensorboard:
         accelerator.init_trackers("tb")
     family, model = build_model(plan)
@@ -575,6 +625,7 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
                         if carry is not None and sched is not None and sched[0] < sched[1] - 1:
                             ckpt.save_optimizer_state(run_dir, i, carry)  # the next stage continues from it
                     state.checkpoints[final.name] = ckpt.file_digests(final)  # checked on resume
+                accelerator.wait_for_everyone()  # no rank runs ahead of a checkpoint a resume would need
                 state.trained = i + 1
                 state.timings.append(
                     {
@@ -606,7 +657,8 @@ def _execute(plan: Plan, state: ckpt.RunState | None) -> RunResults:
         save()
         if accelerator.is_main_process and not cfg.keep_checkpoints:
             ckpt.prune_checkpoints(run_dir, i)
-    accelerator.end_training()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # after the barrier: it ends the process group
     results = build_results(plan, state)
     if accelerator.is_main_process:
         with faults.writing(
