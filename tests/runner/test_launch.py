@@ -53,7 +53,6 @@ def _run(cmd: list[str], masks: Path, extra_env: dict[str, str] | None = None) -
     assert proc.returncode == 0, "\n".join(errors[-20:]) or proc.stderr[-4000:]
 
 
-@pytest.mark.slow
 def test_two_processes_train_what_one_trains(tmp_path: Path) -> None:
     # 24 train rows per task, batch 8: 3 full global batches per epoch (an uneven last batch would be
     # completed from the epoch's first rows by Accelerate, and differ from one process there)
@@ -111,6 +110,14 @@ def test_an_uneven_batch_split_is_refused_before_anything_is_written(tmp_path: P
         launch_run(load_config(config, []), str(config), [], out, str(data), 2)
     assert not out.exists()
     assert main(["run", str(config), "--data", str(data), "--out", str(out), "--num-processes", "2"]) == 2
+
+
+def test_more_processes_than_training_rows_are_refused(tmp_path: Path) -> None:
+    data = write_benchmark(tmp_path / "CL_Benchmark", n_train=2, n_test=4)
+    config = _config(tmp_path, batch_size=4)
+    with pytest.raises(ConfigError, match=r"--num-processes 4: task 'agnews' has only 2 training rows"):
+        launch_run(load_config(config, []), str(config), [], tmp_path / "out", str(data), 4)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_launch_command_goes_through_accelerate(tmp_path: Path) -> None:

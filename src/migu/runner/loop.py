@@ -81,6 +81,11 @@ def train_task(
             f"{accelerator.num_processes} processes: batch_size is the global batch, each process takes "
             "an equal share; use a multiple of the number of processes"
         )
+    if len(examples) < accelerator.num_processes:
+        raise ConfigError(
+            f"task {task_name!r} has {len(examples)} training rows, fewer than the "
+            f"{accelerator.num_processes} processes that would share them"
+        )
     set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
     loader = DataLoader(
         list(examples),

@@ -273,6 +273,13 @@ def check_world(plan: Plan, processes: int, restart: bool = False, rollback: boo
             "global batch (the same training at any scale) and each process takes an equal share; "
             f"use a multiple of {processes}"
         )
+    if isinstance(plan.stages, FinetuneStages):  # the other regimes' rows are built per stage
+        for task in plan.stages.tasks:
+            if len(task.train) < processes:
+                raise ConfigError(
+                    f"--num-processes {processes}: task {task.name!r} has only {len(task.train)} "
+                    "training rows, fewer than the processes that would share them"
+                )
     if (restart or rollback) and os.environ.get("WORLD_SIZE"):
         raise ConfigError(
             "--restart/--rollback inside a multi-process launch: use `migu run --num-processes N "
