@@ -170,3 +170,22 @@ def test_analyze_a_learning_rate_sweep(make_sweep, tmp_path: Path) -> None:
     np.testing.assert_allclose(lines["FT"].get_ydata(), [61.0, 61.0, 61.0])  # mean of 62 and 60
     np.testing.assert_allclose(lines["FT+MIGU T=0.7"].get_ydata(), [44.0, 51.0, 71.0])
     assert (tmp_path / "out" / "acc_vs_lr.png").is_file()
+
+
+def test_a_tuned_sweep_gets_its_violin_named_with_the_chosen_setting(tmp_path: Path) -> None:
+    """Groups that share another grid value (the tuned lr) are shown without and with MIGU."""
+    from support.results import write_sweep
+
+    from migu.analysis.sweeps import violin_data
+
+    cells = []
+    for migu, acc in (("off", 0.6), ("on", 0.55)):
+        for seed in (42, 1024):
+            res = fake_results("ft", None if migu == "off" else {"threshold": 0.7}, seed, acc + seed / 1e5)
+            values = {"method": "ft", "migu": migu, "train.lr": 1e-4, "seed": seed}
+            cells.append((f"migu-{migu}_lr-0.0001_seed-{seed}", values, res))
+    groups = group_cells([read_sweep_dir(write_sweep(tmp_path / "tuned", "tuned", cells))])
+    violins = violin_data(groups)
+    assert list(violins) == ["FT (train.lr=0.0001)"]
+    assert sorted(violins["FT (train.lr=0.0001)"]) == ["T=0.7", "off"]
+    assert "violin_acc" in analyze_sweeps([tmp_path / "tuned"], tmp_path / "out").figures

@@ -39,13 +39,15 @@ log = logging.getLogger(__name__)
 
 def violin_data(groups: Sequence[Group]) -> dict[str, dict[str, list[float]]]:
     """{method: {setting: ACC per seed}} for methods run without and with MIGU over >= 2 seeds each
-    (single-seed groups, e.g. of a threshold sweep, have no spread to show)."""
+    (single-seed groups, e.g. of a threshold sweep, have no spread to show). Groups that differ in
+    other grid values (a tuned ``train.lr``) are shown apart, named with those values."""
     out: dict[str, dict[str, list[float]]] = {}
     for g in groups:
         values = g.values("acc")
-        if g.extra or len(values) < 2:
+        if len(values) < 2:
             continue
-        out.setdefault(paper_name(g.method), {})[g.setting] = values
+        name = f"{paper_name(g.method)} ({g.extra})" if g.extra else paper_name(g.method)
+        out.setdefault(name, {})[g.setting] = values
     return {m: s for m, s in out.items() if "off" in s and len(s) > 1}
 
 
