@@ -57,6 +57,24 @@ class Continuation:
     total_steps: int  # optimizer steps of the whole schedule (all its stages)
 
 
+def check_split(batch_size: int, rows: int, processes: int, task: str) -> None:
+    """Refuse a stage N processes cannot share: ``batch_size`` is the global batch (each process
+    takes an equal part of it) and every process needs at least one training row."""
+    if processes <= 1:
+        return
+    if batch_size % processes:
+        raise ConfigError(
+            f"train.batch_size={batch_size} does not split over {processes} processes (task {task!r}): "
+            "batch_size is the global batch (the same training at any scale) and each process takes "
+            f"an equal share; use a multiple of {processes}"
+        )
+    if rows < processes:
+        raise ConfigError(
+            f"--num-processes {processes}: task {task!r} has only {rows} training rows, fewer than "
+            "the processes that would share them"
+        )
+
+
 def train_task(
     accelerator: Accelerator,
     task: TaskContext,
@@ -75,17 +93,7 @@ def train_task(
     schedule per task otherwise). ``clusters``: MIGU+Cluster's assignments ({target name: [d_out]
     cluster ids}, ``runner.clusters.task_clusters``), set on the masker."""
     model, task_index, task_name = task.model, task.task_index, task.task_name
-    if train_cfg.batch_size % accelerator.num_processes:
-        raise ConfigError(
-            f"train.batch_size={train_cfg.batch_size} (task {task_name!r}) does not split over "
-            f"{accelerator.num_processes} processes: batch_size is the global batch, each process takes "
-            "an equal share; use a multiple of the number of processes"
-        )
-    if len(examples) < accelerator.num_processes:
-        raise ConfigError(
-            f"task {task_name!r} has {len(examples)} training rows, fewer than the "
-            f"{accelerator.num_processes} processes that would share them"
-        )
+    check_split(train_cfg.batch_size, len(examples), accelerator.num_processes, task_name)
     set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
     loader = DataLoader(
         list(examples),

@@ -36,7 +36,7 @@ from .config import ConfigError, RunConfig, build_run_config, config_to_yaml, ya
 from .faults import CheckpointError, DivergedError
 from .files import atomic_write_text
 from .lock import LOCK_FILE, RunLock
-from .loop import Continuation, train_task
+from .loop import Continuation, check_split, train_task
 from .results import ResultsError, RunResults, load_results, write_results
 from .stages import FinetuneStages, InstructStages, PretrainStages, Stages
 
@@ -267,19 +267,11 @@ def check_world(plan: Plan, processes: int, restart: bool = False, rollback: boo
     if processes <= 1:
         return
     batch = plan.config.train.batch_size
-    if batch % processes:
-        raise ConfigError(
-            f"train.batch_size={batch} does not split over {processes} processes: batch_size is the "
-            "global batch (the same training at any scale) and each process takes an equal share; "
-            f"use a multiple of {processes}"
-        )
-    if isinstance(plan.stages, FinetuneStages):  # the other regimes' rows are built per stage
+    if isinstance(plan.stages, FinetuneStages):
         for task in plan.stages.tasks:
-            if len(task.train) < processes:
-                raise ConfigError(
-                    f"--num-processes {processes}: task {task.name!r} has only {len(task.train)} "
-                    "training rows, fewer than the processes that would share them"
-                )
+            check_split(batch, len(task.train), processes, task.name)
+    else:  # the other regimes' rows are built per stage (train_task checks them): the batch now
+        check_split(batch, processes, processes, plan.task_names[0])
     if (restart or rollback) and os.environ.get("WORLD_SIZE"):
         raise ConfigError(
             "--restart/--rollback inside a multi-process launch: use `migu run --num-processes N "
