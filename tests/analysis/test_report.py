@@ -189,3 +189,60 @@ def test_a_tuned_sweep_gets_its_violin_named_with_the_chosen_setting(tmp_path: P
     assert list(violins) == ["FT (train.lr=0.0001)"]
     assert sorted(violins["FT (train.lr=0.0001)"]) == ["T=0.7", "off"]
     assert "violin_acc" in analyze_sweeps([tmp_path / "tuned"], tmp_path / "out").figures
+
+
+def test_a_cluster_ablation_gets_its_table_effects_and_figure(tmp_path: Path) -> None:
+    """Issue 15: per-row MIGU vs MIGU+Cluster (weight, co-magnitude), paired by seed, with known answers."""
+    from support.results import write_sweep
+
+    from migu.analysis.sweeps import cluster_data
+    from migu.runner.summary import cluster_effects
+
+    bundles = {
+        "none": {"label": "none", "migu.cluster": None},
+        "weight": {"label": "weight", "migu.cluster.strategy": "weight"},
+        "comagnitude": {"label": "comagnitude", "migu.cluster.strategy": "comagnitude"},
+    }
+    shift = {"none": 0.0, "weight": 0.03, "comagnitude": -0.01}  # weight: +2, +3, +4 points by seed
+    cells = []
+    for method in ("ft", "lora"):
+        for label, bundle in bundles.items():
+            for k, seed in enumerate((42, 1024, 2048)):
+                cluster = None if label == "none" else {"strategy": label, "n_clusters": 0.0625}
+                acc = 0.6 + 0.02 * k + shift[label] + (0.01 * (k - 1) if label == "weight" else 0.0)
+                res = fake_results(method, {"threshold": 0.7, "cluster": cluster}, seed, acc)
+                values = {"recipe": {"label": method, "method.name": method}, "cluster": bundle, "seed": seed}
+                cells.append((f"recipe-{method}_cluster-{label}_seed-{seed}", values, res))
+    sweep = write_sweep(tmp_path / "cl", "proxy_cluster", cells)
+    groups = group_cells([read_sweep_dir(sweep)])
+    # the MIGU setting (cluster strategy included) is read from the results, not from the grid label
+    assert [(g.method, g.setting, g.extra) for g in groups] == [
+        (m, s, "")
+        for m in ("ft", "lora")
+        for s in ("T=0.7", "T=0.7 cluster=comagnitude", "T=0.7 cluster=weight")
+    ]
+    effects = {(e.method, e.setting): e for e in cluster_effects(groups)}
+    assert set(effects) == {
+        (m, f"T=0.7 cluster={c}") for m in ("ft", "lora") for c in ("weight", "comagnitude")
+    }
+    w = effects[("ft", "T=0.7 cluster=weight")]
+    assert w.baseline == "T=0.7" and w.seeds == [42, 1024, 2048]
+    # diffs +2, +3, +4 points: mean 3, sd 1, t(0.975, 2) = 4.303 -> half width 4.303 / sqrt(3)
+    assert w.by_seed is not None and w.by_seed.mean == pytest.approx(0.03)
+    assert w.by_seed.high - w.by_seed.mean == pytest.approx(0.01 * 4.302653 / 3**0.5, rel=1e-5)
+    assert "T=0.7 cluster=weight vs T=0.7" in w.sentence()
+    assert effects[("lora", "T=0.7 cluster=comagnitude")].by_seed.mean == pytest.approx(-0.01)
+    assert sorted(cluster_data(groups)["FT T=0.7"]) == ["cluster=comagnitude", "cluster=weight", "per-row"]
+
+    res = analyze_sweeps([sweep], tmp_path / "out")
+    assert "cluster_acc" in res.figures and (tmp_path / "out" / "cluster_acc.png").is_file()
+    ax = res.figures["cluster_acc"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["FT T=0.7", "LoRA T=0.7"]
+    rows = _rows(tmp_path / "out" / "cluster_effects.csv")
+    assert rows[1][:4] == ["FT", "T=0.7 cluster=comagnitude vs T=0.7", "3", "-1.00"]
+    md = (tmp_path / "out" / "sweep_summary.md").read_text()
+    assert "MIGU+Cluster effect on ACC" in md and "other settings" not in md
+    # the same sections in `migu sweep`'s own summary
+    from migu.runner.sweep import write_summary
+
+    assert "MIGU+Cluster effect on ACC" in write_summary(sweep)

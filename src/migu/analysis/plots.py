@@ -301,7 +301,9 @@ def plot_accuracy_curves(results: RunResults, title: str | None = None) -> Figur
 
 
 # ---------------------------------------------------------------------------- sweeps
-def plot_violins(groups: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> Figure:
+def plot_violins(
+    groups: Mapping[str, Mapping[str, Sequence[float]]], title: str, legend: str = "MIGU (dots: seeds)"
+) -> Figure:
     """ACC (%) across seeds per method, one violin per MIGU setting, each seed drawn as a dot.
 
     A violin needs two or more distinct values; with fewer only the dots are drawn.
@@ -351,7 +353,7 @@ def plot_violins(groups: Mapping[str, Mapping[str, Sequence[float]]], title: str
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(title="MIGU (dots: seeds)", fontsize=8)
+        ax.legend(title=legend, fontsize=8)
     return fig
 
 

@@ -23,13 +23,14 @@ from matplotlib.figure import Figure
 
 from ..runner.results import METRICS, RunResults, load_results
 from ..runner.summary import (
+    EFFECT_TITLES,
     METRIC_NAMES,
     SweepDir,
+    effect_sections,
     effects_table,
     group_cells,
     is_sweep_dir,
     method_table,
-    paired_effects,
     paper_comparisons,
     paper_table,
     read_sweep_dir,
@@ -39,6 +40,21 @@ from .collect import run_label
 from .sweeps import components_table, sweep_figures
 
 log = logging.getLogger(__name__)
+
+# Captions of the sweep figures, by the start of their file stem (``sweep_figures``).
+_FIGURE_CAPTIONS = {
+    "violin": "ACC of every seed (dots) without and with MIGU; violins where a group has two or more "
+    "distinct values.",
+    "cluster": "ACC of every seed (dots) with per-row MIGU and with MIGU+Cluster at the same threshold; "
+    "violins where a group has two or more distinct values.",
+    "threshold": "Mean ACC over seeds (bars: ± sample std) at each MIGU threshold; dotted: the same method "
+    "without MIGU.",
+    "acc_vs": "Mean ACC over seeds (bars: ± sample std) at each value of the swept setting.",
+}
+_EFFECT_CAPTION = (
+    "Setting minus its baseline, in points, paired by seed: a Student-t interval over seeds, and a "
+    "bootstrap over test rows (test-set sampling only)."
+)
 
 
 # ---------------------------------------------------------------------------- document model
@@ -337,25 +353,11 @@ def _sweeps_section(
             name = f"{stem}_{_slug(sweep.name)}"
             figures[name] = fig
             shown.add(stem)
-            caption = (
-                "ACC of every seed (dots) without and with MIGU; violins where a group has two or more "
-                "distinct values."
-                if stem.startswith("violin")
-                else "Mean ACC over seeds (bars: ± sample std) at each MIGU threshold; dotted: the same "
-                "method "
-                "without MIGU."
-            )
+            caption = _FIGURE_CAPTIONS[next(k for k in _FIGURE_CAPTIONS if stem.startswith(k))]
             doc.add(Image(plots.save(fig, figdir / f"{name}.png"), f"{stem} of {sweep.name}", caption))
-        effects = paired_effects(groups)
-        if effects:
-            doc.add(Heading(4, "MIGU effect on ACC"))
-            doc.add(
-                Table(
-                    *effects_table(effects),
-                    caption="With minus without MIGU, in points, paired by seed: a Student-t interval over "
-                    "seeds, and a bootstrap over test rows (test-set sampling only).",
-                )
-            )
+        for kind, effects in effect_sections(groups).items():
+            doc.add(Heading(4, EFFECT_TITLES[kind]))
+            doc.add(Table(*effects_table(effects), caption=_EFFECT_CAPTION))
             doc.add(Bullets([e.sentence() for e in effects]))
         comparisons = paper_comparisons(c.results for c in sweep.cells if c.results is not None)
         if comparisons:

@@ -20,15 +20,16 @@ from ..engine import COMPONENTS
 from ..methods import paper_name
 from ..runner.results import METRICS
 from ..runner.summary import (
+    EFFECT_TITLES,
     METRIC_NAMES,
     Group,
     SweepDir,
+    effect_sections,
     effects_table,
     group_cells,
     markdown_table,
     method_rank,
     method_table,
-    paired_effects,
     pct,
     read_sweep_dir,
 )
@@ -49,6 +50,19 @@ def violin_data(groups: Sequence[Group]) -> dict[str, dict[str, list[float]]]:
         name = f"{paper_name(g.method)} ({g.extra})" if g.extra else paper_name(g.method)
         out.setdefault(name, {})[g.setting] = values
     return {m: s for m, s in out.items() if "off" in s and len(s) > 1}
+
+
+def cluster_data(groups: Sequence[Group]) -> dict[str, dict[str, list[float]]]:
+    """{method (T): {"per-row" / "cluster=<strategy>": ACC per seed}} for methods run with per-row MIGU
+    and MIGU+Cluster at the same threshold and other settings (the paper's MIGU+Cluster figure)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for g in groups:
+        values = g.values("acc")
+        if g.threshold is None or not values:
+            continue
+        name = f"{paper_name(g.method)} T={g.threshold:g}" + (f" ({g.extra})" if g.extra else "")
+        out.setdefault(name, {})["per-row" if g.cluster is None else f"cluster={g.cluster}"] = values
+    return {m: s for m, s in out.items() if "per-row" in s and len(s) > 1}
 
 
 def threshold_data(
@@ -173,6 +187,11 @@ def sweep_figures(groups: Sequence[Group], title: str) -> tuple[dict[str, Figure
             "no method ran both without and with MIGU over two or more seeds: "
             "no violin plot of ACC across seeds"
         )
+    clusters = cluster_data(groups)
+    if clusters:
+        figures["cluster_acc"] = plots.plot_violins(
+            clusters, f"ACC with MIGU per row and per cluster ({title})", legend="MIGU rows (dots: seeds)"
+        )
     curves, base = threshold_data(groups)
     if curves:
         figures["threshold_acc"] = plots.plot_threshold_curve(
@@ -220,17 +239,10 @@ def _sweep_tables(
         "",
         "mean ± sample std over seeds, in %",
     ]
-    effects = paired_effects(groups)
-    if effects:
+    for kind, effects in effect_sections(groups).items():
         header, rows = effects_table(effects)
-        files.append(write_csv(out / f"migu_effects{suffix}.csv", header, rows))
-        md += [
-            "",
-            "### MIGU effect on ACC (with minus without, paired by seed)",
-            "",
-            markdown_table(header, rows),
-            "",
-        ]
+        files.append(write_csv(out / f"{kind}_effects{suffix}.csv", header, rows))
+        md += ["", f"### {EFFECT_TITLES[kind]}", "", markdown_table(header, rows), ""]
         md += [f"- {e.sentence()}" for e in effects]
     comp = components_table(groups)
     if comp:

@@ -88,20 +88,32 @@ def read_sweep_dir(path: str | Path) -> SweepDir:
     return SweepDir(p.name, p, [SweepCell(d.name, {}, d, _finished(d)) for d in dirs])
 
 
-def migu_setting(results: RunResults) -> tuple[float | None, tuple[str, ...] | None]:
-    """(threshold, components) of a run; (None, None) without MIGU."""
+def migu_setting(results: RunResults) -> tuple[float | None, tuple[str, ...] | None, str | None]:
+    """(threshold, components, cluster strategy) of a run; (None, None, None) without MIGU, cluster
+    None for plain (per-row) MIGU."""
     if not results.migu:
-        return None, None
-    return float(results.migu.get("threshold", 0.0)), tuple(results.migu.get("components") or COMPONENTS)
+        return None, None, None
+    cluster = results.migu.get("cluster")
+    strategy = str(cluster.get("strategy", "weight")) if isinstance(cluster, dict) else None
+    return (
+        float(results.migu.get("threshold", 0.0)),
+        tuple(results.migu.get("components") or COMPONENTS),
+        strategy,
+    )
 
 
-def setting_label(threshold: float | None, components: tuple[str, ...] | None) -> str:
-    """``off``, ``T=0.7`` or ``T=0.7 qkv+o`` (components shown only when not all three)."""
+def setting_label(
+    threshold: float | None, components: tuple[str, ...] | None, cluster: str | None = None
+) -> str:
+    """``off``, ``T=0.7``, ``T=0.7 qkv+o`` (components shown only when not all three) or
+    ``T=0.7 cluster=weight`` (MIGU+Cluster)."""
     if threshold is None:
         return "off"
     label = f"T={threshold:g}"
     if components and set(components) != set(COMPONENTS):
         label += " " + "+".join(components)
+    if cluster:
+        label += f" cluster={cluster}"
     return label
 
 
@@ -113,6 +125,7 @@ class Group:
     threshold: float | None
     components: tuple[str, ...] | None
     extra: str
+    cluster: str | None = None  # MIGU+Cluster strategy, None for per-row MIGU (or MIGU off)
     runs: list[RunResults] = field(default_factory=list)
     grid: dict[str, str] = field(default_factory=dict)  # the cells' grid labels, seed excepted
 
@@ -127,7 +140,7 @@ class Group:
 
     @property
     def setting(self) -> str:
-        return setting_label(self.threshold, self.components)
+        return setting_label(self.threshold, self.components, self.cluster)
 
     def values(self, metric: str) -> list[float]:
         return [v for r in self.runs if (v := r.metric(metric)) is not None]
@@ -147,6 +160,12 @@ class Group:
 def _value_label(value: Any) -> Any:
     """A grid value as shown: an override bundle (recipe) by its ``label``."""
     return value.get("label", value) if isinstance(value, dict) else value
+
+
+def migu_only(value: Any) -> bool:
+    """An override bundle that sets ``migu.*`` keys only: the MIGU setting the results record."""
+    keys = [k for k in value if k != "label"] if isinstance(value, dict) else []
+    return bool(keys) and all(str(k).startswith("migu.") for k in keys)
 
 
 def migu_grid_value(value: Any) -> Any:
@@ -193,16 +212,17 @@ def group_cells(sweeps: Sequence[SweepDir]) -> list[Group]:
             res = cell.results
             if res is None:
                 continue
-            t, comps = migu_setting(res)
+            t, comps, cluster = migu_setting(res)
             extra = ", ".join(
                 f"{k}={_value_label(v)}"
                 for k, v in cell.values.items()
                 if k not in _GROUPING_KEYS
                 and not k.startswith("migu.")
+                and not migu_only(v)  # read from the results, as the threshold is
                 and _value_label(v) != res.method  # a recipe bundle named after its method says nothing new
             )
-            key = (res.method, t, tuple(sorted(comps)) if comps else None, extra)
-            groups.setdefault(key, Group(res.method, t, comps, extra)).add(res, cell.values)
+            key = (res.method, t, tuple(sorted(comps)) if comps else None, cluster, extra)
+            groups.setdefault(key, Group(res.method, t, comps, extra, cluster)).add(res, cell.values)
     return sorted(
         groups.values(),
         key=lambda g: (
@@ -211,6 +231,7 @@ def group_cells(sweeps: Sequence[SweepDir]) -> list[Group]:
             g.extra,
             g.threshold is not None,
             g.threshold or 0.0,
+            g.cluster is not None,
             g.setting,
         ),
     )
@@ -268,52 +289,84 @@ def summary_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- paired effects
 @dataclass(frozen=True)
 class Effect:
-    """Method with MIGU minus the same method without, paired by seed (and by test row)."""
+    """One setting minus its baseline on the same method, paired by seed (and by test row): MIGU on
+    minus MIGU off, or MIGU+Cluster minus per-row MIGU at the same threshold."""
 
     method: str
-    setting: str  # the MIGU setting (e.g. T=0.7)
+    setting: str  # the MIGU setting (e.g. T=0.7, T=0.7 cluster=weight)
     extra: str
     metric: str
     seeds: list[int]
     by_seed: Interval | None  # paired t over seeds (None for one seed)
     by_rows: Interval | None  # paired bootstrap over test rows (None without per-row results)
+    baseline: str = "off"  # the setting subtracted
+
+    @property
+    def what(self) -> str:
+        """What the difference measures, as a sentence names it."""
+        return f"MIGU ({self.setting})" if self.baseline == "off" else f"{self.setting} vs {self.baseline}"
 
     def sentence(self) -> str:
         best = self.by_seed or self.by_rows
         head = f"{paper_name(self.method)}: "
         if best is None:
             return head + "no interval (one seed, no per-row results)"
-        out = head + best.sentence(f"MIGU ({self.setting})")
+        out = head + best.sentence(self.what)
         if self.by_seed is not None and self.by_rows is not None:
             r = self.by_rows
             out += f"; over test rows {100 * r.mean:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]"
         return out
 
 
+def _paired(g: Group, base: Group, metric: str, split: str) -> Effect | None:
+    """``g`` minus ``base`` on the seeds both finished: t over seeds, bootstrap over test rows."""
+    on = {r.seed: r for r in g.runs if r.metric(metric) is not None}
+    off = {r.seed: r for r in base.runs if r.metric(metric) is not None}
+    seeds = sorted(on.keys() & off.keys())
+    if not seeds:
+        return None
+    a = [off[s].metric(metric) for s in seeds]
+    b = [on[s].metric(metric) for s in seeds]
+    by_seed = paired_t_interval(a, b)  # type: ignore[arg-type]
+    rows_a = [(off[s].final_correct or {}).get(split) for s in seeds]
+    rows_b = [(on[s].final_correct or {}).get(split) for s in seeds]
+    by_rows = None
+    if all(rows_a) and all(rows_b):
+        by_rows = paired_bootstrap(rows_a, rows_b, seed=0)  # type: ignore[arg-type]
+    return Effect(g.method, g.setting, g.extra, metric, seeds, by_seed, by_rows, base.setting)
+
+
 def paired_effects(groups: Sequence[Group], metric: str = "acc", split: str = "test") -> list[Effect]:
     """For each method run without and with MIGU (same other settings), the paired difference of
     ``metric`` on the seeds both have, with a t interval over seeds and a bootstrap over rows."""
-    out: list[Effect] = []
     offs = {(g.method, g.extra): g for g in groups if g.threshold is None}
-    for g in groups:
-        base = offs.get((g.method, g.extra))
-        if g.threshold is None or base is None:
-            continue
-        on = {r.seed: r for r in g.runs if r.metric(metric) is not None}
-        off = {r.seed: r for r in base.runs if r.metric(metric) is not None}
-        seeds = sorted(on.keys() & off.keys())
-        if not seeds:
-            continue
-        a = [off[s].metric(metric) for s in seeds]
-        b = [on[s].metric(metric) for s in seeds]
-        by_seed = paired_t_interval(a, b)  # type: ignore[arg-type]
-        rows_a = [(off[s].final_correct or {}).get(split) for s in seeds]
-        rows_b = [(on[s].final_correct or {}).get(split) for s in seeds]
-        by_rows = None
-        if all(rows_a) and all(rows_b):
-            by_rows = paired_bootstrap(rows_a, rows_b, seed=0)  # type: ignore[arg-type]
-        out.append(Effect(g.method, g.setting, g.extra, metric, seeds, by_seed, by_rows))
-    return out
+    pairs = [(g, offs.get((g.method, g.extra))) for g in groups if g.threshold is not None]
+    return [e for g, base in pairs if base is not None and (e := _paired(g, base, metric, split))]
+
+
+def cluster_effects(groups: Sequence[Group], metric: str = "acc", split: str = "test") -> list[Effect]:
+    """For each MIGU+Cluster group, the paired difference against per-row MIGU of the same method,
+    threshold, components and other settings (the paper's No Cluster vs Weight / Co-magnitude)."""
+
+    def key(g: Group) -> tuple[Any, ...]:
+        return (g.method, g.threshold, g.components, g.extra)
+
+    plain = {key(g): g for g in groups if g.threshold is not None and g.cluster is None}
+    pairs = [(g, plain.get(key(g))) for g in groups if g.cluster is not None]
+    return [e for g, base in pairs if base is not None and (e := _paired(g, base, metric, split))]
+
+
+EFFECT_TITLES = {
+    "migu": "MIGU effect on ACC (with minus without MIGU, paired by seed)",
+    "cluster": "MIGU+Cluster effect on ACC (cluster minus per-row MIGU at the same T, paired by seed)",
+}
+
+
+def effect_sections(groups: Sequence[Group]) -> dict[str, list[Effect]]:
+    """The paired contrasts a set of groups allows, by kind (``EFFECT_TITLES``), empty kinds left out:
+    what every summary (sweep, analyze sweep, report) shows."""
+    found = {"migu": paired_effects(groups), "cluster": cluster_effects(groups)}
+    return {k: v for k, v in found.items() if v}
 
 
 def effects_table(effects: Sequence[Effect]) -> tuple[list[str], list[list[str]]]:
@@ -331,7 +384,7 @@ def effects_table(effects: Sequence[Effect]) -> tuple[list[str], list[list[str]]
         rows.append(
             [
                 paper_name(e.method) + (f" ({e.extra})" if e.extra else ""),
-                e.setting,
+                e.setting if e.baseline == "off" else f"{e.setting} vs {e.baseline}",
                 str(len(e.seeds)),
                 mean,
                 ci(e.by_seed),

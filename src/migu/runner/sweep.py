@@ -40,14 +40,15 @@ from .files import atomic_write_text
 from .results import METRICS
 from .run import execute, plan_run
 from .summary import (
+    EFFECT_TITLES,
     SWEEP_FILE,
+    effect_sections,
     effects_table,
     grid_label,
     group_cells,
     markdown_table,
     method_table,
     migu_grid_value,
-    paired_effects,
     paper_comparisons,
     paper_table,
     read_sweep_dir,
@@ -183,16 +184,15 @@ def write_summary(sweep_dir: Path) -> str:
     done = len(sweep.cells) - len(sweep.missing)
     md = f"{markdown_table(header, table)}\n\nmean ± sample std over seeds, in % (no std for a single seed); "
     md += f"{done} of {len(sweep.cells)} cells finished\n"
-    effects = paired_effects(groups)
-    if effects:
-        md += "\nMIGU effect on ACC (with minus without MIGU, paired by seed):\n\n"
+    for kind, effects in effect_sections(groups).items():
+        md += f"\n{EFFECT_TITLES[kind]}:\n\n"
         md += (
             markdown_table(*effects_table(effects))
             + "\n\n"
             + "\n".join(f"- {e.sentence()}" for e in effects)
             + "\n"
         )
-        summary["effects"] = [dataclasses.asdict(e) for e in effects]
+        summary["effects" if kind == "migu" else f"{kind}_effects"] = [dataclasses.asdict(e) for e in effects]
     comparisons = paper_comparisons(c.results for c in sweep.cells if c.results is not None)
     if comparisons:
         md += "\nPublished vs measured (mean over every finished run with that published number):\n\n"

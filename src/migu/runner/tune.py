@@ -44,6 +44,7 @@ from .summary import (
     group_cells,
     markdown_table,
     method_table,
+    migu_only,
     migu_setting,
     paired_effects,
     pct,
@@ -149,14 +150,16 @@ def choose(cells: list[Cell], results: dict[str, RunResults], select: list[str],
     order: dict[tuple[Any, ...], dict[str, Candidate]] = {}
     for cell in cells:
         res = results[cell.name]
-        t, comps = migu_setting(res)
+        t, comps, cluster = migu_setting(res)
         extra = ", ".join(
             f"{k}={grid_label(k, v)}"
             for k, v in cell.values.items()
-            if k not in (*select, "seed", "method", "method.name", "migu") and not k.startswith("migu.")
+            if k not in (*select, "seed", "method", "method.name", "migu")
+            and not k.startswith("migu.")
+            and not migu_only(v)
         )
-        key = (res.method, t, tuple(sorted(comps)) if comps else None, extra)
-        choice = choices.setdefault(key, Choice(res.method, setting_label(t, comps), extra, metric))
+        key = (res.method, t, tuple(sorted(comps)) if comps else None, cluster, extra)
+        choice = choices.setdefault(key, Choice(res.method, setting_label(t, comps, cluster), extra, metric))
         label = ", ".join(grid_label(k, cell.values[k]) for k in select)
         cand = order.setdefault(key, {}).setdefault(label, Candidate(label, [], [], []))
         score = res.metric(metric)
