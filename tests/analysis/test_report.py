@@ -236,6 +236,7 @@ def test_a_cluster_ablation_gets_its_table_effects_and_figure(tmp_path: Path) ->
 
     res = analyze_sweeps([sweep], tmp_path / "out")
     assert "cluster_acc" in res.figures and (tmp_path / "out" / "cluster_acc.png").is_file()
+    assert "threshold_acc" not in res.figures  # one threshold: the cluster groups are no T curve
     ax = res.figures["cluster_acc"].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["FT T=0.7", "LoRA T=0.7"]
     rows = _rows(tmp_path / "out" / "cluster_effects.csv")

@@ -73,7 +73,7 @@ def threshold_data(
     curves: dict[str, list[tuple[float, float, float, int]]] = {}
     base: dict[str, tuple[float, float, int]] = {}
     for g in groups:
-        if g.extra:
+        if g.extra or g.cluster:  # other settings, or MIGU+Cluster: not points of the per-row curve
             continue
         mean, std = g.mean_std("acc")
         if mean is None:
@@ -83,7 +83,7 @@ def threshold_data(
             base[name] = (mean, std or 0.0, len(g.runs))
         elif set(g.components or COMPONENTS) == set(COMPONENTS):
             curves.setdefault(name, []).append((g.threshold, mean, std or 0.0, len(g.runs)))
-    curves = {m: sorted(c) for m, c in curves.items() if len(c) >= 2}
+    curves = {m: sorted(c) for m, c in curves.items() if len({t for t, *_ in c}) >= 2}
     return curves, {m: b for m, b in base.items() if m in curves}
 
 
