@@ -30,7 +30,11 @@ from migu.engine import scale
 WORLD = 2
 STEPS = 3
 LR = 1e-2
-ATOL = 1e-5  # fp32 reduce-scatter vs one process: sums in another order
+# fp32 reduce-scatter vs one process: sums in another order. AdamW divides each coordinate's step by
+# its own gradient scale, so a bias entry whose gradient is near zero turns a 1e-8 reduction-order
+# difference into ~1e-5 after 3 steps (seen on a fresh install of 2026-12-02: 1.2e-5 on one GPT-2
+# c_attn.bias entry of 48, every other weight within 1e-7). Masks are compared exactly.
+ATOL = 5e-5
 
 # name -> (kind, head, config overrides, MIGUConfig kwargs, attach before fully_shard)
 CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], bool]] = {
