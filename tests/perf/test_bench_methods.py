@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from support.data import write_benchmark
-from support.results import TINY_BERT
+from support.results import TINY_BERT, write_tiny_run_config
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_methods.py"
 
@@ -19,13 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_methods.py"
 @pytest.mark.slow
 def test_bench_methods_reports_each_method_against_ft(tmp_path: Path) -> None:
     data = write_benchmark(tmp_path / "CL_Benchmark", n_train=16, n_test=8)
-    cfg = {
-        "name": "bench_tiny",
-        "tasks": ["agnews", "amazon"],
-        "model": {"name": "minilm", "random_init": dict(TINY_BERT), "max_length": 32},
-        "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 100},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    write_tiny_run_config(tmp_path / "tiny.yaml", dict(TINY_BERT), max_length=32, name="bench_tiny")
     out = tmp_path / "out"
     cmd = [sys.executable, str(SCRIPT), "--config", str(tmp_path / "tiny.yaml"), "--data", str(data)]
     cmd += ["--methods", "ft,ft+migu,ewc", "--train-n", "16", "--test-n", "8", "--length", "32"]

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from support.data import write_benchmark
-from support.models import tiny_config
+from support.results import write_tiny_run_config
 
 from migu.cli import main
 from migu.runner.config import ConfigError
@@ -92,13 +91,7 @@ def _table_rows(markdown: str) -> list[str]:
 def test_sweep_and_analyze_sweep_report_the_same_numbers(tmp_path: Path) -> None:
     """Issue 11.1: one aggregation: summary.md of `migu sweep` and the table of `migu analyze sweep`."""
     data = write_benchmark(tmp_path / "CL_Benchmark", n_train=16, n_test=8)
-    run_cfg = {
-        "name": "tiny",
-        "tasks": ["agnews", "amazon"],
-        "model": {"name": "minilm", "random_init": tiny_config("bert"), "max_length": 48},
-        "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 100},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(run_cfg))
+    write_tiny_run_config(tmp_path / "tiny.yaml")
     sweep = _write(
         tmp_path / "sw.yaml", "name: tw\nbase: tiny.yaml\ngrid:\n  migu: [off, 0.5]\n  seed: [1, 2]\n"
     )
@@ -130,14 +123,7 @@ def test_tune_selects_on_validation_and_touches_test_once(
     from migu.runner import stages as stages_mod
 
     data = write_benchmark(tmp_path / "CL_Benchmark", n_train=40, n_test=16)
-    run_cfg = {
-        "name": "tiny",
-        "tasks": ["agnews", "amazon"],
-        "data": {"val_n": 8},
-        "model": {"name": "minilm", "random_init": tiny_config("bert"), "max_length": 48},
-        "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 100},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(run_cfg))
+    write_tiny_run_config(tmp_path / "tiny.yaml", data={"val_n": 8})
     spec = (
         "name: tt\nbase: tiny.yaml\nselect: [recipe]\ntest_seeds: [1, 2, 3]\n"
         "grid:\n  recipe:\n    - {label: ft-slow, method.name: ft, train.lr: 1.0e-9}\n"

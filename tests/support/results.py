@@ -21,6 +21,26 @@ RUN_THRESHOLD = 0.5
 TINY_BERT = tiny_config("bert", intermediate_size=64, max_position_embeddings=64)
 
 
+def write_tiny_run_config(
+    path: Path, random_init: dict[str, Any] | None = None, max_length: int = 48, **fields: Any
+) -> Path:
+    """A run config YAML for a tiny random BERT on agnews -> amazon (batch 8, lr 1e-3): the base that
+    sweep, tune and benchmark tests point at; ``fields`` adds or replaces top-level keys."""
+    cfg: dict[str, Any] = {
+        "name": "tiny",
+        "tasks": ["agnews", "amazon"],
+        "model": {
+            "name": "minilm",
+            "random_init": random_init or tiny_config("bert"),
+            "max_length": max_length,
+        },
+        "train": {"batch_size": 8, "lr": 1e-3, "eval_batch_size": 16, "log_every": 100},
+        **fields,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def run_results(method: str = "ft", migu: dict[str, Any] | None = None, **fields: Any) -> RunResults:
     """A RunResults with just what a test sets (one unfinished task by default)."""
     base: dict[str, Any] = {

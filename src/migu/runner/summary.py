@@ -302,9 +302,14 @@ class Effect:
     baseline: str = "off"  # the setting subtracted
 
     @property
+    def contrast(self) -> str:
+        """The compared settings as a table shows them: ``T=0.7``, or ``T=0.7 cluster=weight vs T=0.7``."""
+        return self.setting if self.baseline == "off" else f"{self.setting} vs {self.baseline}"
+
+    @property
     def what(self) -> str:
         """What the difference measures, as a sentence names it."""
-        return f"MIGU ({self.setting})" if self.baseline == "off" else f"{self.setting} vs {self.baseline}"
+        return f"MIGU ({self.setting})" if self.baseline == "off" else self.contrast
 
     def sentence(self) -> str:
         best = self.by_seed or self.by_rows
@@ -384,7 +389,7 @@ def effects_table(effects: Sequence[Effect]) -> tuple[list[str], list[list[str]]
         rows.append(
             [
                 paper_name(e.method) + (f" ({e.extra})" if e.extra else ""),
-                e.setting if e.baseline == "off" else f"{e.setting} vs {e.baseline}",
+                e.contrast,
                 str(len(e.seeds)),
                 mean,
                 ci(e.by_seed),
