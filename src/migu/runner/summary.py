@@ -24,7 +24,6 @@ from .results import METRICS, RESULTS_FILE, ResultsError, RunResults, load_resul
 METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
 SWEEP_FILE = "sweep.yaml"
 # Grid keys that the grouping reads from the results themselves (or averages over: the seed).
-_GROUPING_KEYS = ("method", "method.name", "migu", "seed")
 
 
 @dataclass
@@ -157,17 +156,6 @@ class Group:
         return [r.seed for r in self.runs]
 
 
-def _value_label(value: Any) -> Any:
-    """A grid value as shown: an override bundle (recipe) by its ``label``."""
-    return value.get("label", value) if isinstance(value, dict) else value
-
-
-def migu_only(value: Any) -> bool:
-    """An override bundle that sets ``migu.*`` keys only: the MIGU setting the results record."""
-    keys = [k for k in value if k != "label"] if isinstance(value, dict) else []
-    return bool(keys) and all(str(k).startswith("migu.") for k in keys)
-
-
 def migu_grid_value(value: Any) -> Any:
     """Grid values for ``migu``: off/false/null -> None, on/true -> {} (method default), a number ->
     that threshold, a mapping as is."""
@@ -204,25 +192,59 @@ def method_rank(method: str) -> int:
     return order.index(method) if method in order else len(order)
 
 
+def _described(key: str) -> bool:
+    """A config key whose effect a run's results record (its method and MIGU setting)."""
+    return key in ("method", "method.name", "migu") or key.startswith("migu.")
+
+
+def group_keys(
+    cells: Sequence[tuple[RunResults, dict[str, Any]]], skip: Sequence[str] = ("seed",)
+) -> list[tuple[tuple[Any, ...], str]]:
+    """Each cell's group key (method, MIGU setting, other settings) and its other settings as shown.
+
+    The method and MIGU setting come from the results. A plain grid key (``skip`` excepted) is shown
+    as ``key=value``. An override bundle (recipe) is shown by the keys it sets beyond the method and
+    MIGU, and only those whose value differs between bundles of the same method: so
+    ``{label: ewc+migu, method.name: ewc, train.lr: 1e-4, migu: {}}`` pairs with ``{label: ewc,
+    method.name: ewc, train.lr: 1e-4, migu: null}`` instead of differing by its label.
+    """
+    plain: list[dict[str, str]] = []
+    bundled: list[dict[str, str]] = []
+    for _, values in cells:
+        p: dict[str, str] = {}
+        b: dict[str, str] = {}
+        for k, v in values.items():
+            if k in skip or _described(k):
+                continue
+            if isinstance(v, dict):  # a bundle of overrides, applied as in sweep.load_sweep
+                b.update(
+                    {kk: grid_label(kk, vv) for kk, vv in v.items() if kk != "label" and not _described(kk)}
+                )
+            else:
+                p[k] = grid_label(k, v)
+        plain.append(p)
+        bundled.append(b)
+    seen: dict[str, dict[str, set[str | None]]] = {}  # method -> bundle key -> values over its cells
+    for (res, _), b in zip(cells, bundled, strict=True):
+        per = seen.setdefault(res.method, {})
+        for k in {k for bb in bundled for k in bb}:
+            per.setdefault(k, set()).add(b.get(k))
+    out = []
+    for (res, _), p, b in zip(cells, plain, bundled, strict=True):
+        varying = {k: v for k, v in b.items() if len(seen[res.method][k]) > 1}
+        extra = ", ".join(f"{k}={v}" for k, v in {**p, **varying}.items())
+        t, comps, cluster = migu_setting(res)
+        out.append(((res.method, t, tuple(sorted(comps)) if comps else None, cluster, extra), extra))
+    return out
+
+
 def group_cells(sweeps: Sequence[SweepDir]) -> list[Group]:
     """Finished cells of all ``sweeps`` grouped by (method, MIGU setting, other grid values)."""
+    cells = [(c.results, c.values) for sweep in sweeps for c in sweep.cells if c.results is not None]
     groups: dict[tuple[Any, ...], Group] = {}
-    for sweep in sweeps:
-        for cell in sweep.cells:
-            res = cell.results
-            if res is None:
-                continue
-            t, comps, cluster = migu_setting(res)
-            extra = ", ".join(
-                f"{k}={_value_label(v)}"
-                for k, v in cell.values.items()
-                if k not in _GROUPING_KEYS
-                and not k.startswith("migu.")
-                and not migu_only(v)  # read from the results, as the threshold is
-                and _value_label(v) != res.method  # a recipe bundle named after its method says nothing new
-            )
-            key = (res.method, t, tuple(sorted(comps)) if comps else None, cluster, extra)
-            groups.setdefault(key, Group(res.method, t, comps, extra, cluster)).add(res, cell.values)
+    for (res, values), (key, extra) in zip(cells, group_keys(cells), strict=True):
+        t, comps, cluster = migu_setting(res)
+        groups.setdefault(key, Group(res.method, t, comps, extra, cluster)).add(res, values)
     return sorted(
         groups.values(),
         key=lambda g: (

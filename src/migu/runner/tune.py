@@ -42,9 +42,9 @@ from .summary import (
     effects_table,
     grid_label,
     group_cells,
+    group_keys,
     markdown_table,
     method_table,
-    migu_only,
     migu_setting,
     paired_effects,
     pct,
@@ -148,17 +148,10 @@ def choose(cells: list[Cell], results: dict[str, RunResults], select: list[str],
     """The best candidate per group by mean validation ``metric`` over seeds (see the module doc)."""
     choices: dict[tuple[Any, ...], Choice] = {}
     order: dict[tuple[Any, ...], dict[str, Candidate]] = {}
-    for cell in cells:
+    keyed = group_keys([(results[c.name], c.values) for c in cells], skip=(*select, "seed"))
+    for cell, (key, extra) in zip(cells, keyed, strict=True):
         res = results[cell.name]
         t, comps, cluster = migu_setting(res)
-        extra = ", ".join(
-            f"{k}={grid_label(k, v)}"
-            for k, v in cell.values.items()
-            if k not in (*select, "seed", "method", "method.name", "migu")
-            and not k.startswith("migu.")
-            and not migu_only(v)
-        )
-        key = (res.method, t, tuple(sorted(comps)) if comps else None, cluster, extra)
         choice = choices.setdefault(key, Choice(res.method, setting_label(t, comps, cluster), extra, metric))
         label = ", ".join(grid_label(k, cell.values[k]) for k in select)
         cand = order.setdefault(key, {}).setdefault(label, Candidate(label, [], [], []))
