@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 from support.results import fake_results, write_sweep
 
-from migu.runner.summary import group_cells, paired_effects, read_sweep_dir
-from migu.runner.sweep import load_sweep
+from migu.runner.summary import (
+    effect_sections,
+    group_cells,
+    method_table,
+    paired_effects,
+    read_sweep_dir,
+    summary_rows,
+)
+from migu.runner.sweep import load_sweep, write_summary
 
 SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
 
@@ -67,3 +74,69 @@ def test_bundles_of_one_method_stay_apart_by_what_differs(tmp_path: Path) -> Non
         "data.test_n=50, train.lr=0.001",
         "data.test_n=50, train.lr=0.003",
     ]
+
+
+def _pretrain_results(migu: dict[str, Any] | None, seed: int, mf1: float, acc: float) -> dict[str, Any]:
+    """A finished continual pre-training results body: two domains, end-task MF1/ACC matrices."""
+    mf1_m = [[mf1 + 0.05, None], [mf1, mf1]]
+    acc_m = [[acc + 0.04, None], [acc, acc]]
+    return {
+        "name": f"pt-{seed}",
+        "method": "ft",
+        "migu": migu,
+        "seed": seed,
+        "tasks": ["reviews", "news"],
+        "complete": True,
+        "regime": "pretrain",
+        "primary": "mf1",
+        "matrices": {"mf1": mf1_m, "acc": acc_m},
+        "metrics": {
+            "final_mf1": mf1,
+            "final_acc": acc,
+            "forward_mf1": mf1 + 0.025,
+            "forward_acc": acc + 0.02,
+            "forgetting_mf1": 0.025,
+            "forgetting_acc": 0.02,
+        },
+    }
+
+
+def test_a_pretrain_sweep_is_summarized_by_end_task_mf1_and_acc(tmp_path: Path) -> None:
+    """Continual pre-training runs carry final/forward/forgetting MF1 and ACC, not finetuning's ACC/BWT:
+    the table shows those, and the MIGU effect is paired on both (diffs +1/+2/+3 ACC points, +2 MF1)."""
+    cells = []
+    for i, seed in enumerate((1, 2, 3)):
+        for migu in (None, {"threshold": 0.7}):
+            on = migu is not None
+            res = _pretrain_results(
+                migu, seed, 0.60 + (0.02 if on else 0.0), 0.70 + (0.01 * (i + 1) if on else 0)
+            )
+            cells.append(
+                (
+                    f"seed-{seed}_migu-{'on' if on else 'off'}",
+                    {"seed": seed, "migu": "on" if on else "off"},
+                    res,
+                )
+            )
+    sweep = read_sweep_dir(write_sweep(tmp_path / "pt", "pt", cells))
+    groups = group_cells([sweep])
+    header, rows = method_table(groups)
+    assert header[3:] == [
+        "MF1 (%)",
+        "ACC (%)",
+        "forward MF1 (%)",
+        "forward ACC (%)",
+        "forgetting MF1 (%)",
+        "forgetting ACC (%)",
+    ]
+    assert rows[0][:5] == ["FT", "off", "3", "60.00 ± 0.00", "70.00 ± 0.00"]
+    assert rows[1][3] == "62.00 ± 0.00" and rows[1][4] == "72.00 ± 1.00"
+    sections = effect_sections(groups)
+    assert set(sections) == {"migu", "migu_mf1"}
+    (acc,), (mf1,) = sections["migu"], sections["migu_mf1"]
+    assert acc.metric == "final_acc" and acc.by_seed.mean == pytest.approx(0.02)
+    assert acc.by_seed.high - acc.by_seed.mean == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)
+    assert mf1.metric == "final_mf1" and mf1.by_seed.mean == pytest.approx(0.02) and acc.by_rows is None
+    assert "final_mf1_mean" in summary_rows(groups)[0] and "acc_mean" not in summary_rows(groups)[0]
+    md = write_summary(tmp_path / "pt")
+    assert "MIGU effect on macro-F1" in md and "72.00 ± 1.00" in md

@@ -21,7 +21,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..runner.results import METRICS, RunResults, load_results
+from ..runner.results import RunResults, load_results
 from ..runner.summary import (
     EFFECT_TITLES,
     METRIC_NAMES,
@@ -34,6 +34,7 @@ from ..runner.summary import (
     paper_comparisons,
     paper_table,
     read_sweep_dir,
+    regime_metrics,
 )
 from . import plots
 from .collect import run_label
@@ -235,12 +236,13 @@ def _runs_section(
         for lab, (p, _) in zip(labels, runs, strict=True)
     ]
     doc.add(Heading(2, "Runs"))
+    metrics = regime_metrics(r for _, r in runs)
     header = [
         "run",
         "directory",
         "seed",
         "tasks",
-        *(f"{METRIC_NAMES[m]} (%)" for m in METRICS),
+        *(f"{METRIC_NAMES[m]} (%)" for m in metrics),
         "wall time (s)",
     ]
     rows = []
@@ -254,7 +256,7 @@ def _runs_section(
                 p.name,
                 str(r.seed),
                 tasks,
-                *(_fmt(r.metric(k)) for k in METRICS),
+                *(_fmt(r.metric(k)) for k in metrics),
                 f"{wall:.0f}",
             ]
         )

@@ -22,6 +22,7 @@ from ..runner.results import METRICS
 from ..runner.summary import (
     EFFECT_TITLES,
     METRIC_NAMES,
+    PRETRAIN_METRICS,
     Group,
     SweepDir,
     effect_sections,
@@ -32,6 +33,7 @@ from ..runner.summary import (
     method_table,
     pct,
     read_sweep_dir,
+    table_metrics,
 )
 from . import plots
 
@@ -43,8 +45,10 @@ def violin_data(groups: Sequence[Group]) -> dict[str, dict[str, list[float]]]:
     (single-seed groups, e.g. of a threshold sweep, have no spread to show). Groups that differ in
     other grid values (a tuned ``train.lr``) are shown apart, named with those values."""
     out: dict[str, dict[str, list[float]]] = {}
+    # continual pre-training: the end-task ACC after the last domain
+    acc = "final_acc" if table_metrics(groups) == PRETRAIN_METRICS else "acc"
     for g in groups:
-        values = g.values("acc")
+        values = g.values(acc)
         if len(values) < 2:
             continue
         name = f"{paper_name(g.method)} ({g.extra})" if g.extra else paper_name(g.method)
@@ -213,7 +217,8 @@ def _sweep_tables(
     """CSV tables of one sweep and its Markdown section."""
     files: list[Path] = []
     raw_header = ["method", "migu", "threshold", "components", "other", "n", "seeds"]
-    raw_header += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    metrics = table_metrics(groups)
+    raw_header += [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     raw_rows = []
     for g in groups:
         row: list[Any] = [
@@ -225,7 +230,7 @@ def _sweep_tables(
             len(g.runs),
             " ".join(map(str, g.seeds)),
         ]
-        for m in METRICS:
+        for m in metrics:
             mean, std = g.mean_std(m)
             row += ["" if mean is None else f"{mean:.6f}", "" if std is None else f"{std:.6f}"]
         raw_rows.append(row)

@@ -21,7 +21,37 @@ from ..methods import list_methods, paper_name
 from ..metrics import Interval, paired_bootstrap, paired_t_interval
 from .results import METRICS, RESULTS_FILE, ResultsError, RunResults, load_results
 
-METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
+METRIC_NAMES = {
+    "acc": "ACC",
+    "bwt": "BWT",
+    "fwt": "FWT",
+    "forgetting": "Forgetting",
+    "final_mf1": "MF1",
+    "final_acc": "ACC",
+    "forward_mf1": "forward MF1",
+    "forward_acc": "forward ACC",
+    "forgetting_mf1": "forgetting MF1",
+    "forgetting_acc": "forgetting ACC",
+}
+# Continual pre-training's summary (stages.PretrainStages.summary): end-task macro-F1 and accuracy
+# after the last domain (the paper's DAS table), on the diagonal, and diagonal minus last row.
+PRETRAIN_METRICS = (
+    "final_mf1",
+    "final_acc",
+    "forward_mf1",
+    "forward_acc",
+    "forgetting_mf1",
+    "forgetting_acc",
+)
+
+
+def regime_metrics(runs: Iterable[RunResults]) -> tuple[str, ...]:
+    """The summary metrics tables show for these runs: continual pre-training's end-task MF1/ACC when
+    every run is a ``pretrain`` run, else finetuning's ACC/BWT/FWT/forgetting."""
+    regimes = {r.regime for r in runs}
+    return PRETRAIN_METRICS if regimes == {"pretrain"} else METRICS
+
+
 SWEEP_FILE = "sweep.yaml"
 # Grid keys that the grouping reads from the results themselves (or averages over: the seed).
 
@@ -259,6 +289,11 @@ def group_cells(sweeps: Sequence[SweepDir]) -> list[Group]:
     )
 
 
+def table_metrics(groups: Sequence[Group]) -> tuple[str, ...]:
+    """:func:`regime_metrics` of every run in ``groups``."""
+    return regime_metrics(r for g in groups for r in g.runs)
+
+
 def pct(mean: float | None, std: float | None) -> str:
     """``78.80 ± 0.45`` (percent), ``78.80`` for a single seed, or ``-``."""
     if mean is None:
@@ -269,12 +304,13 @@ def pct(mean: float | None, std: float | None) -> str:
 def method_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: method, MIGU, [other], seeds, each metric as mean ± std (%)."""
     show_extra = any(g.extra for g in groups)
+    metrics = table_metrics(groups)
     header = ["method", "MIGU", *(["other settings"] if show_extra else []), "seeds"]
-    header += [f"{METRIC_NAMES[m]} (%)" for m in METRICS]
+    header += [f"{METRIC_NAMES[m]} (%)" for m in metrics]
     rows = []
     for g in groups:
         row = [paper_name(g.method), g.setting, *([g.extra or "-"] if show_extra else []), str(len(g.runs))]
-        row += [pct(*g.mean_std(m)) for m in METRICS]
+        row += [pct(*g.mean_std(m)) for m in metrics]
         rows.append(row)
     return header, rows
 
@@ -302,7 +338,7 @@ def summary_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
             "n": len(g.runs),
             "seeds": g.seeds,
         }
-        for m in METRICS:
+        for m in table_metrics(groups):
             row[f"{m}_mean"], row[f"{m}_std"] = g.mean_std(m)
         out.append(row)
     return out
@@ -385,6 +421,7 @@ def cluster_effects(groups: Sequence[Group], metric: str = "acc", split: str = "
 
 EFFECT_TITLES = {
     "migu": "MIGU effect on ACC (with minus without MIGU, paired by seed)",
+    "migu_mf1": "MIGU effect on macro-F1 (with minus without MIGU, paired by seed)",
     "cluster": "MIGU+Cluster effect on ACC (cluster minus per-row MIGU at the same T, paired by seed)",
 }
 
@@ -392,7 +429,14 @@ EFFECT_TITLES = {
 def effect_sections(groups: Sequence[Group]) -> dict[str, list[Effect]]:
     """The paired contrasts a set of groups allows, by kind (``EFFECT_TITLES``), empty kinds left out:
     what every summary (sweep, analyze sweep, report) shows."""
-    found = {"migu": paired_effects(groups), "cluster": cluster_effects(groups)}
+    if table_metrics(groups) == PRETRAIN_METRICS:  # end-task ACC and MF1 after the last domain
+        found = {
+            "migu": paired_effects(groups, "final_acc"),
+            "migu_mf1": paired_effects(groups, "final_mf1"),
+            "cluster": cluster_effects(groups, "final_acc"),
+        }
+    else:
+        found = {"migu": paired_effects(groups), "cluster": cluster_effects(groups)}
     return {k: v for k, v in found.items() if v}
 
 

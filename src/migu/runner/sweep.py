@@ -37,7 +37,6 @@ from ..methods import get_method_class
 from .config import ConfigError, apply_overrides, build_run_config, read_yaml_config, yaml_load
 from .faults import DivergedError, RunLockedError
 from .files import atomic_write_text
-from .results import METRICS
 from .run import execute, plan_run
 from .summary import (
     EFFECT_TITLES,
@@ -53,6 +52,7 @@ from .summary import (
     paper_table,
     read_sweep_dir,
     summary_rows,
+    table_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ def write_summary(sweep_dir: Path) -> str:
     summary: dict[str, Any] = {"name": sweep.name, "keys": keys, "rows": rows, "missing": sweep.missing}
     buf = io.StringIO()
     w = csv.writer(buf)
-    head = [*keys, "method", "setting", "other", "n", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))]
+    metrics = table_metrics(groups)
+    head = [*keys, "method", "setting", "other", "n", *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))]
     w.writerow(head)
     for r in rows:
         w.writerow([r.get(k, "") for k in head])
