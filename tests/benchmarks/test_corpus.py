@@ -107,4 +107,4 @@ def test_proxy_corpora_are_disjoint_from_their_end_tasks() -> None:
         end = {e.sentence for e in d.end_task.train} | {e.sentence for e in d.end_task.test}
         assert d.texts is not None and not set(d.texts) & end
         assert d.info["used"] == 3000 and d.info["disjoint_from_end_task"]
-        assert len(d.end_task.train) == 500 and len(d.end_task.test) == 500
+        assert len(d.end_task.train) == 400 and len(d.end_task.test) == 500
