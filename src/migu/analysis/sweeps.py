@@ -22,9 +22,9 @@ from ..runner.results import METRICS
 from ..runner.summary import (
     EFFECT_TITLES,
     METRIC_NAMES,
-    PRETRAIN_METRICS,
     Group,
     SweepDir,
+    acc_metric,
     effect_sections,
     effects_table,
     group_cells,
@@ -45,8 +45,7 @@ def violin_data(groups: Sequence[Group]) -> dict[str, dict[str, list[float]]]:
     (single-seed groups, e.g. of a threshold sweep, have no spread to show). Groups that differ in
     other grid values (a tuned ``train.lr``) are shown apart, named with those values."""
     out: dict[str, dict[str, list[float]]] = {}
-    # continual pre-training: the end-task ACC after the last domain
-    acc = "final_acc" if table_metrics(groups) == PRETRAIN_METRICS else "acc"
+    acc = acc_metric(groups)
     for g in groups:
         values = g.values(acc)
         if len(values) < 2:

@@ -53,7 +53,6 @@ def regime_metrics(runs: Iterable[RunResults]) -> tuple[str, ...]:
 
 
 SWEEP_FILE = "sweep.yaml"
-# Grid keys that the grouping reads from the results themselves (or averages over: the seed).
 
 
 @dataclass
@@ -254,10 +253,11 @@ def group_keys(
                 p[k] = grid_label(k, v)
         plain.append(p)
         bundled.append(b)
+    keys = {k for b in bundled for k in b}
     seen: dict[str, dict[str, set[str | None]]] = {}  # method -> bundle key -> values over its cells
     for (res, _), b in zip(cells, bundled, strict=True):
         per = seen.setdefault(res.method, {})
-        for k in {k for bb in bundled for k in bb}:
+        for k in keys:
             per.setdefault(k, set()).add(b.get(k))
     out = []
     for (res, _), p, b in zip(cells, plain, bundled, strict=True):
@@ -292,6 +292,12 @@ def group_cells(sweeps: Sequence[SweepDir]) -> list[Group]:
 def table_metrics(groups: Sequence[Group]) -> tuple[str, ...]:
     """:func:`regime_metrics` of every run in ``groups``."""
     return regime_metrics(r for g in groups for r in g.runs)
+
+
+def acc_metric(groups: Sequence[Group]) -> str:
+    """The accuracy the paired effects and violins compare: ACC after the last task, or in continual
+    pre-training the end-task ACC after the last domain."""
+    return "final_acc" if table_metrics(groups) == PRETRAIN_METRICS else "acc"
 
 
 def pct(mean: float | None, std: float | None) -> str:
@@ -429,14 +435,13 @@ EFFECT_TITLES = {
 def effect_sections(groups: Sequence[Group]) -> dict[str, list[Effect]]:
     """The paired contrasts a set of groups allows, by kind (``EFFECT_TITLES``), empty kinds left out:
     what every summary (sweep, analyze sweep, report) shows."""
-    if table_metrics(groups) == PRETRAIN_METRICS:  # end-task ACC and MF1 after the last domain
-        found = {
-            "migu": paired_effects(groups, "final_acc"),
-            "migu_mf1": paired_effects(groups, "final_mf1"),
-            "cluster": cluster_effects(groups, "final_acc"),
-        }
-    else:
-        found = {"migu": paired_effects(groups), "cluster": cluster_effects(groups)}
+    acc = acc_metric(groups)
+    found = {
+        "migu": paired_effects(groups, acc),
+        # continual pre-training also reports the end tasks' macro-F1
+        "migu_mf1": paired_effects(groups, "final_mf1") if acc == "final_acc" else [],
+        "cluster": cluster_effects(groups, acc),
+    }
     return {k: v for k, v in found.items() if v}
 
 
