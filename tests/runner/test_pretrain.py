@@ -71,6 +71,11 @@ def test_pretrain_run_fills_the_progressive_matrices(tmp_path: Path, tok_dir: st
     assert info["blocks"] > 0 and info["files"][0]["path"].endswith("yelp_restaurant.txt")
     saved = json.loads((tmp_path / "run/results.json").read_text())
     assert saved["matrices"]["mf1"][0][1] is None  # strict JSON null
+    # each end task's rows after the last domain, 0/1, for the paired bootstrap; their mean is the ACC
+    rows = res.final_correct["test"]
+    assert list(rows) == ["restaurant", "acl"] and set(rows["acl"]) <= {0, 1}
+    for j, name in enumerate(rows):
+        assert sum(rows[name]) / len(rows[name]) == pytest.approx(res.matrices["acc"][1][j])
 
 
 def test_evaluate_last_scores_after_the_last_domain_only(tmp_path: Path, tok_dir: str) -> None:
@@ -118,6 +123,7 @@ def test_resume_mid_domain_and_mid_end_task_gives_the_same_matrices(
     calls.clear()
     resumed = run(cfg, tmp_path / "mid_end_task")
     assert resumed.matrices == full.matrices and resumed.baselines == full.baselines
+    assert resumed.final_correct == full.final_correct and full.final_correct
 
 
 def test_a_changed_corpus_is_refused_on_resume(

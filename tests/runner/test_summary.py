@@ -140,3 +140,20 @@ def test_a_pretrain_sweep_is_summarized_by_end_task_mf1_and_acc(tmp_path: Path) 
     assert "final_mf1_mean" in summary_rows(groups)[0] and "acc_mean" not in summary_rows(groups)[0]
     md = write_summary(tmp_path / "pt")
     assert "MIGU effect on macro-F1" in md and "72.00 ± 1.00" in md
+
+
+def test_pretrain_end_task_rows_give_an_acc_bootstrap_and_no_mf1_one(tmp_path: Path) -> None:
+    """With the end tasks' per-row 0/1 kept, the final-ACC effect gets its bootstrap over test rows
+    (here every row flips from wrong to right on one of two end tasks: +50 points, a zero-width
+    interval); the MF1 effect gets none, since the rows resample accuracy, not F1."""
+    cells = []
+    for seed in (1, 2):
+        for on in (False, True):
+            res = _pretrain_results({"threshold": 0.7} if on else None, seed, 0.6, 0.5 + (0.5 if on else 0))
+            res["final_correct"] = {"test": {"reviews": [1] * 10, "news": [1 if on else 0] * 10}}
+            cells.append((f"seed-{seed}_migu-{on}", {"seed": seed, "migu": "on" if on else "off"}, res))
+    groups = group_cells([read_sweep_dir(write_sweep(tmp_path / "pt", "pt", cells))])
+    sections = effect_sections(groups)
+    (acc,), (mf1,) = sections["migu"], sections["migu_mf1"]
+    assert acc.by_rows is not None and mf1.by_rows is None
+    assert (acc.by_rows.mean, acc.by_rows.low, acc.by_rows.high) == pytest.approx((0.5, 0.5, 0.5))

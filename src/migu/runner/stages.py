@@ -210,6 +210,7 @@ class PretrainStages(Stages):
         self.domains = list(domains)
         self.family: MaskedLMFamily | None = None
         self.blocks: list[Blocks] = []
+        self.correct: dict[str, list[int]] = {}  # end task -> 0/1 per test row, at the last scoring
 
     def build(self) -> MaskedLMFamily:
         pre = self.config.pretrain
@@ -239,13 +240,19 @@ class PretrainStages(Stages):
             return {m: [None] * n for m in self.metrics}  # scored after the last domain only
         seen = range(n) if i is None else range(i + 1)  # baseline: every end task from the unadapted model
         row: dict[str, Row] = {m: [None] * n for m in self.metrics}
+        records: dict[int, dict[str, Any]] = {}
         for j in seen:
             key = f"{'base' if i is None else i}:{j}"
             if key not in progress:
                 progress[key] = self._end_task(j, stage=-1 if i is None else i, accelerator=accelerator)
                 save()
+            records[j] = progress[key]
             for m in self.metrics:
-                row[m][j] = progress[key][m]
+                row[m][j] = records[j][m]
+        # the rows' 0/1 travel in the progress records, so a run resumed between end tasks keeps them
+        # (records of a run started before they were kept have none: no bootstrap over rows then)
+        has_rows = all("correct" in r for r in records.values())
+        self.correct = {self.names[j]: list(r["correct"]) for j, r in records.items()} if has_rows else {}
         if i is not None:
             log.info(
                 "after %s: %s",
@@ -298,11 +305,15 @@ class PretrainStages(Stages):
         out = {
             "mf1": f1(preds, gold, classes=list(task.labels), average=average),
             "acc": accuracy(preds, gold),
+            "correct": [int(p == g) for p, g in zip(preds, gold, strict=True)],  # the paired bootstrap's rows
             "steps": result.steps,
             "seconds": time.perf_counter() - t0,
         }
         del fam, ctx  # the copy is freed before the next end task
         return out
+
+    def last_correct(self) -> dict[str, dict[str, list[int]]] | None:
+        return {"test": self.correct} if self.correct else None
 
     def summary(
         self, matrices: dict[str, list[Row]], baselines: dict[str, list[float]] | None

@@ -387,6 +387,10 @@ class Effect:
         return out
 
 
+# the metrics whose value is the mean over tasks of the accuracy of the rows in ``final_correct``
+ROW_METRICS = ("acc", "final_acc")
+
+
 def _paired(g: Group, base: Group, metric: str, split: str) -> Effect | None:
     """``g`` minus ``base`` on the seeds both finished: t over seeds, bootstrap over test rows."""
     on = {r.seed: r for r in g.runs if r.metric(metric) is not None}
@@ -400,7 +404,8 @@ def _paired(g: Group, base: Group, metric: str, split: str) -> Effect | None:
     rows_a = [(off[s].final_correct or {}).get(split) for s in seeds]
     rows_b = [(on[s].final_correct or {}).get(split) for s in seeds]
     by_rows = None
-    if all(rows_a) and all(rows_b):
+    # the rows' 0/1 resample accuracy only: an F1 difference has no bootstrap over rows here
+    if metric in ROW_METRICS and all(rows_a) and all(rows_b):
         by_rows = paired_bootstrap(rows_a, rows_b, seed=0)  # type: ignore[arg-type]
     return Effect(g.method, g.setting, g.extra, metric, seeds, by_seed, by_rows, base.setting)
 
