@@ -74,3 +74,20 @@ def test_component_sweeps(name: str) -> None:
     subsets = [c.config["migu"]["components"] for c in cells if c.config["seed"] == 42]
     assert subsets == ALL_SUBSETS
     assert {c.config["migu"]["threshold"] for c in cells} == {0.7}
+
+
+@pytest.mark.parametrize("method", ["ft", "lora", "inclora", "olora", "lora_replay"])
+def test_tune_configs_select_lr_on_validation_per_migu_setting(method: str) -> None:
+    """Each method's tune file: 3 learning rates x MIGU off / the method's paper T, one selection seed,
+    validation rows set, test seeds 42/1024/2048 (what `migu tune` needs, checked as it checks)."""
+    from migu.runner.tune import _cells, _spec
+
+    path = SWEEPS / f"tune_proxy_{method}.yaml"
+    select, metric, test_seeds = _spec(path)
+    assert (select, metric, test_seeds) == (["train.lr"], "val_acc", [42, 1024, 2048])
+    _, cells = _cells(path, [], "val")  # refuses cells without data.val_n
+    lrs = {"ft": {3e-5, 1e-4, 3e-4}}.get(method, {3e-4, 1e-3, 3e-3})
+    grid = {(c.config["train"]["lr"], repr(c.config["migu"])) for c in cells}
+    assert len(cells) == len(grid) == 6 and {g[0] for g in grid} == lrs
+    assert {g[1] for g in grid} == {"None", "{}"} and {c.config["seed"] for c in cells} == {42}
+    assert all(c.config["method"]["name"] == method and c.config["data"]["val_n"] == 200 for c in cells)
