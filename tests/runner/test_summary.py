@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from support.results import fake_results, write_sweep
 
+from migu.runner.results import ResultsError
 from migu.runner.summary import (
     effect_sections,
     group_cells,
@@ -74,6 +75,37 @@ def test_bundles_of_one_method_stay_apart_by_what_differs(tmp_path: Path) -> Non
         "data.test_n=50, train.lr=0.001",
         "data.test_n=50, train.lr=0.003",
     ]
+
+
+def test_a_tuned_test_dir_pairs_settings_that_chose_different_learning_rates(tmp_path: Path) -> None:
+    """`migu tune` chose lr 1e-3 for LoRA and 3e-3 for LoRA+MIGU: its test/ directory marks train.lr as
+    tuned, so the two pair (+4 points on every seed) and the table names each one's lr; the same cells
+    in a plain sweep directory are four settings apart by lr, with no effect to pair."""
+    cells = []
+    for seed in (42, 1024, 2048):
+        for lr, migu in ((1e-3, None), (3e-3, {"threshold": 0.7})):
+            values = {"method": "lora", "migu": "on" if migu else "off", "train.lr": lr, "seed": seed}
+            res = fake_results("lora", migu, seed, 0.54 if migu else 0.50)
+            cells.append((f"lora_{values['migu']}_lr-{lr:g}_seed-{seed}", values, res))
+    tuned = group_cells([read_sweep_dir(write_sweep(tmp_path / "t", "t", cells, tuned=["train.lr"]))])
+    assert [(g.setting, g.extra, g.tuned) for g in tuned] == [
+        ("off", "", {"train.lr": "0.001"}),
+        ("T=0.7", "", {"train.lr": "0.003"}),
+    ]
+    (effect,) = paired_effects(tuned)
+    assert effect.seeds == [42, 1024, 2048] and effect.by_seed.mean == pytest.approx(0.04)
+    header, rows = method_table(tuned)
+    assert header[:4] == ["method", "MIGU", "chosen train.lr", "seeds"]
+    assert [r[:3] for r in rows] == [["LoRA", "off", "0.001"], ["LoRA", "T=0.7", "0.003"]]
+    plain = group_cells([read_sweep_dir(write_sweep(tmp_path / "p", "p", cells))])
+    assert {g.extra for g in plain} == {"train.lr=0.001", "train.lr=0.003"} and not paired_effects(plain)
+
+
+def test_a_bad_tuned_entry_names_the_file(tmp_path: Path) -> None:
+    root = write_sweep(tmp_path / "t", "t", [])
+    (root / "sweep.yaml").write_text("name: t\ntuned: train.lr\ncells: []\n")
+    with pytest.raises(ResultsError, match=r"sweep.yaml: 'tuned' must be a list"):
+        read_sweep_dir(root)
 
 
 def _pretrain_results(migu: dict[str, Any] | None, seed: int, mf1: float, acc: float) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from support.data import write_benchmark
 from support.results import write_tiny_run_config
 
@@ -170,3 +171,9 @@ def test_tune_selects_on_validation_and_touches_test_once(
         saved = json.loads(cell.read_text())
         assert set(saved["matrices"]) == {"val_acc", "val_f1"}  # test rows never scored in selection
     assert "MIGU effect on test ACC" in (out / "tune_summary.md").read_text()
+    # the test directory says what was chosen per setting, so every reader pairs across the choices
+    assert yaml.safe_load((out / "test" / "sweep.yaml").read_text())["tuned"] == ["recipe"]
+    assert len(summary["effects"]) == 1 and {t["chosen"]["recipe"] for t in summary["test"]} <= {
+        "ft-slow",
+        "ft-fast",
+    }

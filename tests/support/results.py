@@ -82,14 +82,20 @@ def fake_results(
 
 
 def write_sweep(
-    root: Path, name: str, cells: list[tuple[str, dict[str, Any], dict[str, Any] | None]]
+    root: Path,
+    name: str,
+    cells: list[tuple[str, dict[str, Any], dict[str, Any] | None]],
+    tuned: list[str] | None = None,
 ) -> Path:
-    """A sweep directory as ``migu sweep`` lays it out; a cell with results None is unfinished."""
+    """A sweep directory as ``migu sweep`` lays it out (``tuned``: as ``migu tune`` writes its test/
+    directory); a cell with results None is unfinished."""
     root.mkdir(parents=True, exist_ok=True)
     for cell, _, res in cells:
         if res is not None:
             (root / cell).mkdir()
             (root / cell / "results.json").write_text(json.dumps(res))
-    spec = {"name": name, "cells": [{"name": c, "values": v} for c, v, _ in cells]}
+    spec: dict[str, Any] = {"name": name, "cells": [{"name": c, "values": v} for c, v, _ in cells]}
+    if tuned:
+        spec["tuned"] = tuned
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return root

@@ -72,6 +72,9 @@ class SweepDir:
     name: str
     path: Path
     cells: list[SweepCell]
+    # grid keys ``migu tune`` chose per setting (its test/ directory): shown, not grouped by, so a
+    # method tuned to one lr without MIGU and another with it still pairs
+    tuned: tuple[str, ...] = ()
 
     @property
     def missing(self) -> list[str]:
@@ -107,7 +110,10 @@ def read_sweep_dir(path: str | Path) -> SweepDir:
             raise ResultsError(f"{spec_path}: not valid YAML ({exc})") from None
         names = [(str(c["name"]), dict(c.get("values") or {})) for c in spec.get("cells") or []]
         cells = [SweepCell(name, values, p / name, _finished(p / name)) for name, values in names]
-        return SweepDir(str(spec.get("name") or p.name), p, cells)
+        tuned = spec.get("tuned") or []
+        if not isinstance(tuned, list) or not all(isinstance(k, str) for k in tuned):
+            raise ResultsError(f"{spec_path}: 'tuned' must be a list of grid keys, got {tuned!r}")
+        return SweepDir(str(spec.get("name") or p.name), p, cells, tuple(tuned))
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: no such directory")
     dirs = [d for d in sorted(p.iterdir()) if (d / RESULTS_FILE).is_file()]
@@ -156,6 +162,7 @@ class Group:
     cluster: str | None = None  # MIGU+Cluster strategy, None for per-row MIGU (or MIGU off)
     runs: list[RunResults] = field(default_factory=list)
     grid: dict[str, str] = field(default_factory=dict)  # the cells' grid labels, seed excepted
+    tuned: dict[str, str] = field(default_factory=dict)  # the values ``migu tune`` chose (grid labels)
 
     def add(self, results: RunResults, values: dict[str, Any]) -> None:
         self.runs.append(results)
@@ -270,11 +277,15 @@ def group_keys(
 
 def group_cells(sweeps: Sequence[SweepDir]) -> list[Group]:
     """Finished cells of all ``sweeps`` grouped by (method, MIGU setting, other grid values)."""
-    cells = [(c.results, c.values) for sweep in sweeps for c in sweep.cells if c.results is not None]
+    done = [(c.results, c.values, s.tuned) for s in sweeps for c in s.cells if c.results is not None]
+    # a tuned key is what was chosen, not a setting: the group key leaves it out, the table shows it
+    keyed = [(res, {k: v for k, v in values.items() if k not in tuned}) for res, values, tuned in done]
     groups: dict[tuple[Any, ...], Group] = {}
-    for (res, values), (key, extra) in zip(cells, group_keys(cells), strict=True):
+    for (res, values, tuned), (key, extra) in zip(done, group_keys(keyed), strict=True):
         t, comps, cluster = migu_setting(res)
-        groups.setdefault(key, Group(res.method, t, comps, extra, cluster)).add(res, values)
+        g = groups.setdefault(key, Group(res.method, t, comps, extra, cluster))
+        g.add(res, values)
+        g.tuned.update({k: g.grid[k] for k in tuned if k in g.grid})
     return sorted(
         groups.values(),
         key=lambda g: (
@@ -310,12 +321,16 @@ def pct(mean: float | None, std: float | None) -> str:
 def method_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: method, MIGU, [other], seeds, each metric as mean ± std (%)."""
     show_extra = any(g.extra for g in groups)
+    tuned = sorted({k for g in groups for k in g.tuned})
     metrics = table_metrics(groups)
-    header = ["method", "MIGU", *(["other settings"] if show_extra else []), "seeds"]
-    header += [f"{METRIC_NAMES[m]} (%)" for m in metrics]
+    header = ["method", "MIGU", *(["other settings"] if show_extra else [])]
+    header += [f"chosen {', '.join(tuned)}"] if tuned else []
+    header += ["seeds", *(f"{METRIC_NAMES[m]} (%)" for m in metrics)]
     rows = []
     for g in groups:
-        row = [paper_name(g.method), g.setting, *([g.extra or "-"] if show_extra else []), str(len(g.runs))]
+        row = [paper_name(g.method), g.setting, *([g.extra or "-"] if show_extra else [])]
+        row += [", ".join(g.tuned.get(k, "-") for k in tuned)] if tuned else []
+        row.append(str(len(g.runs)))
         row += [pct(*g.mean_std(m)) for m in metrics]
         rows.append(row)
     return header, rows

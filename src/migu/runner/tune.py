@@ -130,14 +130,20 @@ def _cells(path: str | Path, overrides: list[str], eval_on: str) -> tuple[str, l
     return name, cells
 
 
-def _run_cells(cells: list[Cell], root: Path, data_root: str | None) -> None:
+def _run_cells(cells: list[Cell], root: Path, data_root: str | None, tuned: list[str] | None = None) -> None:
     plans = [
         plan_run(build_run_config(c.config), root / c.name, data_root) for c in cells
     ]  # all checked first
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         root / SWEEP_FILE,
-        yaml.safe_dump({"name": root.name, "cells": [{"name": c.name, "values": c.values} for c in cells]}),
+        yaml.safe_dump(
+            {
+                "name": root.name,
+                **({"tuned": tuned} if tuned else {}),  # chosen per setting: readers pair across them
+                "cells": [{"name": c.name, "values": c.values} for c in cells],
+            }
+        ),
     )
     for i, (cell, plan) in enumerate(zip(cells, plans, strict=True)):
         log.info("tune: %s cell %d/%d %s", root.name, i + 1, len(cells), cell.name)
@@ -201,7 +207,7 @@ def run_tune(
         for n in cand.cells
     }
     final = [c for c in test_cells if _without_seed(c) in chosen]
-    _run_cells(final, out / "test", data_root)
+    _run_cells(final, out / "test", data_root, tuned=select)
     return write_tune_summary(out, name, choices, final, select, metric)
 
 
@@ -215,6 +221,7 @@ def write_tune_summary(
             SweepCell(c.name, c.values, out / "test" / c.name, load_results(out / "test" / c.name))
             for c in final
         ],
+        tuple(select),
     )
     groups = group_cells([test_dir])
     effects = paired_effects(groups)
@@ -228,6 +235,7 @@ def write_tune_summary(
                 "method": g.method,
                 "setting": g.setting,
                 "seeds": g.seeds,
+                "chosen": g.tuned,
                 **{f"{m}_mean": g.mean_std(m)[0] for m in METRICS},
             }
             for g in groups
