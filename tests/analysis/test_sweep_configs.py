@@ -91,3 +91,36 @@ def test_tune_configs_select_lr_on_validation_per_migu_setting(method: str) -> N
     assert len(cells) == len(grid) == 6 and {g[0] for g in grid} == lrs
     assert {g[1] for g in grid} == {"None", "{}"} and {c.config["seed"] for c in cells} == {42}
     assert all(c.config["method"]["name"] == method and c.config["data"]["val_n"] == 200 for c in cells)
+
+
+def test_tune_long_proxy_chooses_each_methods_lr_on_validation() -> None:
+    """The long proxy's tune: FT / LoRA / IncLoRA x MIGU off/on, three lrs each, on the 5-task order;
+    selection groups by method and MIGU setting only, so each of the 6 settings picks one of its 3."""
+    from migu.runner.results import RunResults
+    from migu.runner.tune import _cells, _spec, choose
+
+    path = SWEEPS / "tune_long_proxy.yaml"
+    assert _spec(path) == (["recipe"], "val_acc", [42, 1024, 2048])
+    _, cells = _cells(path, [], "val")
+    assert len(cells) == 18 and all(c.config["order"] == "long_proxy" for c in cells)
+    lrs: dict[str, set[float]] = {}
+    for c in cells:
+        lrs.setdefault(c.config["method"]["name"], set()).add(c.config["train"]["lr"])
+    assert lrs == {"ft": {3e-5, 1e-4, 3e-4}, "lora": {3e-4, 1e-3, 3e-3}, "inclora": {3e-4, 1e-3, 3e-3}}
+    results = {
+        c.name: RunResults(
+            name=c.name,
+            method=c.config["method"]["name"],
+            seed=42,
+            tasks=["t"],
+            complete=True,
+            matrices={"val_acc": [[0.5]]},
+            migu=c.config["migu"] if c.config["migu"] is None else {"threshold": 0.7},
+            metrics={"val_acc": c.config["train"]["lr"]},  # the largest lr wins, by construction
+        )
+        for c in cells
+    }
+    chosen = {(ch.method, ch.setting): ch.chosen for ch in choose(cells, results, ["recipe"], "val_acc")}
+    assert chosen == {
+        (m, s): f"{m}-3e-{4 if m == 'ft' else 3}" for m in ("ft", "lora", "inclora") for s in ("off", "T=0.7")
+    }
