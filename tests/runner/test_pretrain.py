@@ -187,3 +187,58 @@ def test_the_cpu_proxy_runs_at_a_tiny_size_on_real_data(tmp_path: Path) -> None:
     assert None not in res.matrices["mf1"][-1] and res.metrics["final_acc"] is not None
     carved = res.per_task["proxy_news"]
     assert carved["disjoint_from_end_task"] and carved["used"] == 3000 and carved["blocks"] > 1000
+
+
+def test_the_untrained_reference_is_reused_only_for_the_same_computation(
+    tmp_path: Path, tok_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FT and FT+MIGU of one seed share the untrained reference (the methods act in the MLM stages
+    only): the second run reads it from the cache, equal to the first's to the bit, and finetunes no
+    reference end task; a different end-task lr, a corrupt record or reuse off computes it again."""
+    root = write_das(tmp_path / "das")
+    cache = tmp_path / "cache"
+    reference_calls: list[str] = []
+    real_end = stages_mod.PretrainStages._end_task
+
+    def counting(self: Any, j: int, stage: int, accelerator: Any) -> Any:
+        if stage == -1:
+            reference_calls.append(self.names[j])
+        return real_end(self, j, stage, accelerator)
+
+    monkeypatch.setattr(stages_mod.PretrainStages, "_end_task", counting)
+    ft = run(_config(root, tok_dir, cache, migu=None), tmp_path / "ft")
+    assert reference_calls == ["restaurant", "acl"]
+    records = sorted((cache / "end_task_reference").glob("*.json"))
+    assert [p.name.split("-")[0] for p in records] == ["acl", "restaurant"]
+    reference_calls.clear()
+    migu = run(_config(root, tok_dir, cache), tmp_path / "ft_migu")
+    assert reference_calls == [] and migu.baselines == ft.baselines
+    state = json.loads((tmp_path / "ft_migu/run_state.json").read_text())
+    assert state["progress"]["base:0"]["cached"].endswith(records[1].name)
+
+    fresh = run(_config(root, tok_dir, cache, pretrain={"reuse_reference": False}), tmp_path / "fresh")
+    assert reference_calls == ["restaurant", "acl"] and fresh.baselines == ft.baselines  # bitwise
+    reference_calls.clear()
+    records[0].write_text("{not json")
+    run(_config(root, tok_dir, cache, seed=5, migu=None, train={"lr": 2e-3}), tmp_path / "corrupt")
+    assert reference_calls == ["acl"]  # the MLM lr is not the end task's: only the broken record
+    reference_calls.clear()
+    other = {"end_task": {"batch_size": 4, "epochs": 1, "lr": 5e-4, "max_length": 24}}
+    run(_config(root, tok_dir, cache, pretrain=other), tmp_path / "other_lr")
+    assert reference_calls == ["restaurant", "acl"]
+
+
+def test_weights_hash_sees_one_changed_bit() -> None:
+    import copy
+
+    import torch
+
+    from migu.runner.reference import weights_sha256
+
+    lin = torch.nn.Linear(4, 3)
+    before = weights_sha256(lin)
+    assert weights_sha256(lin) == before
+    with torch.no_grad():
+        lin.weight.view(-1)[5] = torch.nextafter(lin.weight.view(-1)[5], torch.tensor(10.0))
+    assert weights_sha256(lin) != before
+    assert weights_sha256(copy.deepcopy(lin).to(torch.bfloat16)) != weights_sha256(lin)  # dtype counts

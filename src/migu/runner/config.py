@@ -210,6 +210,9 @@ class PretrainConfig:
     evaluate: Literal["every", "last"] = "every"  # the progressive matrix, or after the last domain only
     end_task: EndTaskConfig = field(default_factory=EndTaskConfig)
     cache_dir: str | None = None  # tokenized blocks (default $MIGU_CACHE, else ~/.cache/migu)
+    # the untrained reference's end-task scores from cache_dir when the same encoder weights, rows,
+    # recipe, seed and versions were scored before (every run of a seed repeats them); one process only
+    reuse_reference: bool = True
 
     def __post_init__(self) -> None:
         if self.steps_per_domain is not None and self.samples_per_domain is not None:

@@ -19,22 +19,33 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..benchmarks import TaskData, get_domain
-from ..benchmarks.corpus import Blocks, DomainData, corpus_blocks, file_sha256
+from ..benchmarks.corpus import Blocks, DomainData, corpus_blocks, default_cache_dir, file_sha256
 from ..benchmarks.instructions import InstructionData
 from ..evals import HumanEvalConfig, evaluate_humaneval
 from ..evals.lm_eval_bridge import LmEvalConfig, evaluate_general
 from ..methods import FT, TaskContext
 from ..metrics import accuracy, diagonal_forgetting, f1, mean_diagonal, mean_last_row, summarize
 from ..models import MaskedLMFamily, ModelFamily, SFTFamily, build_family, build_mlm_family, build_sft_family
-from .config import ConfigError, RunConfig, TrainConfig
+from .config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from .loop import evaluate, train_task
+from .reference import (
+    load_reference,
+    reference_key,
+    reference_path,
+    rows_sha256,
+    save_reference,
+    weights_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +255,9 @@ class PretrainStages(Stages):
         for j in seen:
             key = f"{'base' if i is None else i}:{j}"
             if key not in progress:
-                progress[key] = self._end_task(j, stage=-1 if i is None else i, accelerator=accelerator)
+                progress[key] = (
+                    self._reference(j, accelerator) if i is None else self._end_task(j, i, accelerator)
+                )
                 save()
             records[j] = progress[key]
             for m in self.metrics:
@@ -264,15 +277,11 @@ class PretrainStages(Stages):
             )
         return row
 
-    def _end_task(self, j: int, stage: int, accelerator: Accelerator) -> dict[str, float]:
-        """Finetune domain ``j``'s end task from a copy of the current encoder; score its test rows."""
-        assert self.family is not None
+    def _recipe(self, j: int, stage: int) -> tuple[ModelConfig, TrainConfig, int]:
+        """The model config, optimisation recipe and seed of domain ``j``'s end task after ``stage``."""
         domain, end = self.domains[j], self.config.pretrain.end_task
-        task = domain.end_task
         model_cfg = dataclasses.replace(self.config.model, max_length=end.max_length)
         seed = self.config.seed * 1000 + 500 + 10 * (stage + 1) + j  # one stream per (stage, end task)
-        set_seed(seed)  # the new head's initialisation too: the same after a resume
-        fam = self.family.end_task_family(task.labels, model_cfg)
         epochs = end.epochs if end.epochs is not None else get_domain(domain.name).end_task.epochs
         train_cfg = dataclasses.replace(
             self.config.train,
@@ -287,6 +296,54 @@ class PretrainStages(Stages):
             eval_batch_size=end.eval_batch_size,
             max_steps_per_task=end.max_steps,
         )
+        return model_cfg, train_cfg, seed
+
+    def _reference(self, j: int, accelerator: Accelerator) -> dict[str, Any]:
+        """Domain ``j``'s end task from the unadapted encoder: from the reference cache when this
+        exact computation ran before (``pretrain.reuse_reference``), else finetuned and cached."""
+        pre = self.config.pretrain
+        if not pre.reuse_reference or accelerator.num_processes > 1:  # ranks must agree: no cache there
+            return self._end_task(j, -1, accelerator)
+        assert self.family is not None
+        model_cfg, train_cfg, seed = self._recipe(j, -1)
+        task = self.domains[j].end_task
+        key = reference_key(
+            encoder=weights_sha256(self.family.model.encoder),
+            tokenizer=[getattr(self.family.tokenizer, "name_or_path", ""), len(self.family.tokenizer)],
+            labels=list(task.labels),
+            train_rows=rows_sha256(task.train),
+            test_rows=rows_sha256(task.test),
+            metric=self.domains[j].end_spec.metric,
+            model=model_cfg,
+            train=train_cfg,
+            seed=seed,
+            device=accelerator.device.type,
+            mixed_precision=str(accelerator.mixed_precision),
+            versions={
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "migu": _version(),
+            },
+        )
+        path = reference_path(
+            Path(pre.cache_dir) if pre.cache_dir else default_cache_dir(), self.names[j], key
+        )
+        cached = load_reference(path, key)
+        if cached is not None:
+            log.info("untrained reference of %s: from the cache (%s)", self.names[j], path)
+            return {**cached, "cached": str(path)}
+        out = self._end_task(j, -1, accelerator)
+        save_reference(path, key, out)
+        return out
+
+    def _end_task(self, j: int, stage: int, accelerator: Accelerator) -> dict[str, Any]:
+        """Finetune domain ``j``'s end task from a copy of the current encoder; score its test rows."""
+        assert self.family is not None
+        domain, end = self.domains[j], self.config.pretrain.end_task
+        task = domain.end_task
+        model_cfg, train_cfg, seed = self._recipe(j, stage)
+        set_seed(seed)  # the new head's initialisation too: the same after a resume
+        fam = self.family.end_task_family(task.labels, model_cfg)
         ctx = TaskContext(
             model=fam.model,
             task_index=0,
@@ -489,6 +546,13 @@ class InstructStages(Stages):
                 ):
                     out[str(d / name)] = file_sha256(d / name)
         return out
+
+
+def _version() -> str:
+    try:
+        return metadata.version("migu")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _mean(row: Row) -> float | None:
