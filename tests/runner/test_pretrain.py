@@ -242,3 +242,19 @@ def test_weights_hash_sees_one_changed_bit() -> None:
         lin.weight.view(-1)[5] = torch.nextafter(lin.weight.view(-1)[5], torch.tensor(10.0))
     assert weights_sha256(lin) != before
     assert weights_sha256(copy.deepcopy(lin).to(torch.bfloat16)) != weights_sha256(lin)  # dtype counts
+
+
+def test_reference_reuse_is_not_part_of_the_config_hash() -> None:
+    """Reuse of a cached reference repeats the same computation, so turning it off is no change of
+    the run, and a run started before the field existed (finetuning runs carry a pretrain section)
+    still resumes; another end-task lr is a change."""
+    from migu.runner.checkpoint import config_changes, config_hash
+
+    data = build_run_config({"tasks": ["a"]}).to_dict()
+    assert data["pretrain"]["reuse_reference"] is True
+    before = {**data, "pretrain": {k: v for k, v in data["pretrain"].items() if k != "reuse_reference"}}
+    off = build_run_config({"tasks": ["a"], "pretrain": {"reuse_reference": False}}).to_dict()
+    assert config_hash(data) == config_hash(before) == config_hash(off)
+    assert config_changes(before, data) == []
+    other = build_run_config({"tasks": ["a"], "pretrain": {"end_task": {"lr": 1e-4}}}).to_dict()
+    assert config_changes(data, other) == ["pretrain.end_task.lr: 3e-05 -> 0.0001"]

@@ -49,6 +49,11 @@ def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
     # (skipped steps are recorded per stage in the timings): a diverged run may resume with skip.
     unhashed = ("log_every", "nonfinite")
     relevant["train"] = {k: v for k, v in (relevant.get("train") or {}).items() if k not in unhashed}
+    pretrain = relevant.get("pretrain")
+    if isinstance(pretrain, dict):
+        # a cached reference is the same computation (its key says so): reuse is bookkeeping, and runs
+        # started before the field existed still resume
+        relevant["pretrain"] = {k: v for k, v in pretrain.items() if k != "reuse_reference"}
     migu = relevant.get("migu")
     if isinstance(migu, dict) and migu.get("cluster", 0) is None:
         # MIGU+Cluster off hashes as before the field existed: runs started earlier still resume.
