@@ -124,3 +124,41 @@ def test_tune_long_proxy_chooses_each_methods_lr_on_validation() -> None:
     assert chosen == {
         (m, s): f"{m}-3e-{4 if m == 'ft' else 3}" for m in ("ft", "lora", "inclora") for s in ("off", "T=0.7")
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "methods", "lrs"),
+    [
+        ("tune_proxy_baselines_ft", {"ewc", "lwf", "derpp", "osf"}, {3e-5, 1e-4, 3e-4}),
+        ("tune_proxy_baselines_lora", {"lora_ewc", "lora_lwf", "lora_derpp"}, {3e-4, 1e-3, 3e-3}),
+    ],
+)
+def test_tune_baselines_pick_one_lr_per_method_and_migu_setting(name: str, methods: set, lrs: set) -> None:
+    """Every recipe (method +/- MIGU; OSF without) runs the family's three lrs on validation, and
+    selection groups by method and MIGU setting only: each recipe picks one of its own three."""
+    from migu.runner.results import RunResults
+    from migu.runner.tune import _cells, _spec, choose
+
+    path = SWEEPS / f"{name}.yaml"
+    assert _spec(path) == (["train.lr"], "val_acc", [42, 1024, 2048])
+    _, cells = _cells(path, [], "val")
+    assert {c.config["method"]["name"] for c in cells} == methods and len(cells) == 3 * (
+        2 * len(methods) - ("osf" in methods)
+    )
+    assert {c.config["train"]["lr"] for c in cells} == lrs
+    results = {
+        c.name: RunResults(
+            name=c.name,
+            method=c.config["method"]["name"],
+            seed=42,
+            tasks=["t"],
+            complete=True,
+            matrices={"val_acc": [[0.5]]},
+            migu=None if c.config["migu"] is None else {"threshold": 0.7},
+            metrics={"val_acc": -c.config["train"]["lr"]},  # the smallest lr wins, by construction
+        )
+        for c in cells
+    }
+    choices = choose(cells, results, ["train.lr"], "val_acc")
+    assert len(choices) == len(cells) // 3 and {ch.chosen for ch in choices} == {str(min(lrs))}
+    assert all(ch.extra == "" for ch in choices)
