@@ -281,6 +281,15 @@ def write_tune_summary(
             "",
         ]
         lines += [f"- {e.sentence()}" for e in effects]
+        apart = sorted(
+            {g.method for g in groups for h in groups if g.method == h.method and g.tuned != h.tuned}
+        )
+        if apart:
+            lines += [
+                "",
+                f"{', '.join(apart)}: without and with MIGU chose different {', '.join(select)}, so each "
+                "effect compares the two as tuned, each at its own best, not MIGU at one fixed value.",
+            ]
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "tune_summary.md", text)
     summary["markdown"] = text
