@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from migu.methods import get_method
+from migu.runner.results import RunResults
 from migu.runner.sweep import load_sweep
 
 SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
@@ -93,10 +95,26 @@ def test_tune_configs_select_lr_on_validation_per_migu_setting(method: str) -> N
     assert all(c.config["method"]["name"] == method and c.config["data"]["val_n"] == 200 for c in cells)
 
 
+def _scored(cells: list, score: Callable[[float], float]) -> dict[str, RunResults]:
+    """A finished selection run per cell whose validation ACC is ``score(its lr)``."""
+    return {
+        c.name: RunResults(
+            name=c.name,
+            method=c.config["method"]["name"],
+            seed=42,
+            tasks=["t"],
+            complete=True,
+            matrices={"val_acc": [[0.5]]},
+            migu=None if c.config["migu"] is None else {"threshold": 0.7},
+            metrics={"val_acc": score(c.config["train"]["lr"])},
+        )
+        for c in cells
+    }
+
+
 def test_tune_long_proxy_chooses_each_methods_lr_on_validation() -> None:
     """The long proxy's tune: FT / LoRA / IncLoRA x MIGU off/on, three lrs each, on the 5-task order;
     selection groups by method and MIGU setting only, so each of the 6 settings picks one of its 3."""
-    from migu.runner.results import RunResults
     from migu.runner.tune import _cells, _spec, choose
 
     path = SWEEPS / "tune_long_proxy.yaml"
@@ -107,19 +125,7 @@ def test_tune_long_proxy_chooses_each_methods_lr_on_validation() -> None:
     for c in cells:
         lrs.setdefault(c.config["method"]["name"], set()).add(c.config["train"]["lr"])
     assert lrs == {"ft": {3e-5, 1e-4, 3e-4}, "lora": {3e-4, 1e-3, 3e-3}, "inclora": {3e-4, 1e-3, 3e-3}}
-    results = {
-        c.name: RunResults(
-            name=c.name,
-            method=c.config["method"]["name"],
-            seed=42,
-            tasks=["t"],
-            complete=True,
-            matrices={"val_acc": [[0.5]]},
-            migu=c.config["migu"] if c.config["migu"] is None else {"threshold": 0.7},
-            metrics={"val_acc": c.config["train"]["lr"]},  # the largest lr wins, by construction
-        )
-        for c in cells
-    }
+    results = _scored(cells, lambda lr: lr)  # the largest lr wins, by construction
     chosen = {(ch.method, ch.setting): ch.chosen for ch in choose(cells, results, ["recipe"], "val_acc")}
     assert chosen == {
         (m, s): f"{m}-3e-{4 if m == 'ft' else 3}" for m in ("ft", "lora", "inclora") for s in ("off", "T=0.7")
@@ -136,7 +142,6 @@ def test_tune_long_proxy_chooses_each_methods_lr_on_validation() -> None:
 def test_tune_baselines_pick_one_lr_per_method_and_migu_setting(name: str, methods: set, lrs: set) -> None:
     """Every recipe (method +/- MIGU; OSF without) runs the family's three lrs on validation, and
     selection groups by method and MIGU setting only: each recipe picks one of its own three."""
-    from migu.runner.results import RunResults
     from migu.runner.tune import _cells, _spec, choose
 
     path = SWEEPS / f"{name}.yaml"
@@ -146,19 +151,7 @@ def test_tune_baselines_pick_one_lr_per_method_and_migu_setting(name: str, metho
         2 * len(methods) - ("osf" in methods)
     )
     assert {c.config["train"]["lr"] for c in cells} == lrs
-    results = {
-        c.name: RunResults(
-            name=c.name,
-            method=c.config["method"]["name"],
-            seed=42,
-            tasks=["t"],
-            complete=True,
-            matrices={"val_acc": [[0.5]]},
-            migu=None if c.config["migu"] is None else {"threshold": 0.7},
-            metrics={"val_acc": -c.config["train"]["lr"]},  # the smallest lr wins, by construction
-        )
-        for c in cells
-    }
+    results = _scored(cells, lambda lr: -lr)  # the smallest lr wins, by construction
     choices = choose(cells, results, ["train.lr"], "val_acc")
     assert len(choices) == len(cells) // 3 and {ch.chosen for ch in choices} == {str(min(lrs))}
     assert all(ch.extra == "" for ch in choices)
