@@ -144,7 +144,7 @@ def test_plots_with_partial_inputs(tmp_path: Path) -> None:
 def test_sweep_command(table_sweep: Path, tmp_path: Path) -> None:
     assert main(["analyze", "sweep", str(table_sweep), "-o", str(tmp_path)]) == 0
     summary = _rows(tmp_path / "sweep_summary.csv")
-    assert summary[0][:7] == ["method", "migu", "threshold", "components", "other", "n", "seeds"]
+    assert summary[0][:8] == ["method", "migu", "threshold", "components", "other", "chosen", "n", "seeds"]
     assert len(summary) == 1 + 4
     assert (tmp_path / "violin_acc.png").is_file() and not (tmp_path / "threshold.csv").exists()
 
@@ -189,6 +189,32 @@ def test_a_tuned_sweep_gets_its_violin_named_with_the_chosen_setting(tmp_path: P
     assert list(violins) == ["FT (train.lr=0.0001)"]
     assert sorted(violins["FT (train.lr=0.0001)"]) == ["T=0.7", "off"]
     assert "violin_acc" in analyze_sweeps([tmp_path / "tuned"], tmp_path / "out").figures
+
+
+def test_two_tune_test_dirs_are_summarized_apart_under_their_tune_names(tmp_path: Path) -> None:
+    """Every `migu tune` names its test directory `test`: two of them get files and headings named by
+    their tune (they overwrote each other), each with its own chosen lr and its own MIGU effect."""
+    from support.results import write_sweep
+
+    dirs = []
+    for method, lr_on, gain in (("ft", 1e-4, -0.03), ("lora", 3e-3, 0.01)):
+        cells = []
+        for seed in (42, 1024, 2048):
+            for migu, lr in (("off", 1e-4 if method == "ft" else 1e-3), ("on", lr_on)):
+                setting = None if migu == "off" else {"threshold": 0.7}
+                res = fake_results(method, setting, seed, 0.6 + (gain if migu == "on" else 0) + seed / 1e6)
+                values = {"method": method, "migu": migu, "train.lr": lr, "seed": seed}
+                cells.append((f"{method}_{migu}_seed-{seed}", values, res))
+        dirs.append(write_sweep(tmp_path / f"tune_{method}" / "test", "test", cells, tuned=["train.lr"]))
+    out = analyze_sweeps(dirs, tmp_path / "out")
+    md = (tmp_path / "out" / "sweep_summary.md").read_text()
+    assert "## tune_ft_test (6 of 6" in md and "## tune_lora_test (6 of 6" in md
+    for name, diff, chosen in (("tune_ft_test", "-3.00", "0.0001"), ("tune_lora_test", "+1.00", "0.003")):
+        effects = _rows(tmp_path / "out" / f"migu_effects_{name}.csv")
+        assert effects[1][3] == diff
+        rows = _rows(tmp_path / "out" / f"sweep_summary_{name}.csv")
+        assert rows[2][5] == f"train.lr={chosen}"  # the MIGU row's chosen lr
+    assert {"violin_acc_tune_ft_test", "violin_acc_tune_lora_test"} <= set(out.figures)
 
 
 def test_a_cluster_ablation_gets_its_table_effects_and_figure(tmp_path: Path) -> None:

@@ -211,11 +211,11 @@ def sweep_figures(groups: Sequence[Group], title: str) -> tuple[dict[str, Figure
 
 
 def _sweep_tables(
-    sweep: SweepDir, groups: list[Group], out: Path, suffix: str
+    sweep: SweepDir, groups: list[Group], out: Path, suffix: str, label: str
 ) -> tuple[list[str], list[Path]]:
     """CSV tables of one sweep and its Markdown section."""
     files: list[Path] = []
-    raw_header = ["method", "migu", "threshold", "components", "other", "n", "seeds"]
+    raw_header = ["method", "migu", "threshold", "components", "other", "chosen", "n", "seeds"]
     metrics = table_metrics(groups)
     raw_header += [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     raw_rows = []
@@ -226,6 +226,7 @@ def _sweep_tables(
             "" if g.threshold is None else g.threshold,
             "+".join(g.components or ()),
             g.extra,
+            "; ".join(f"{k}={v}" for k, v in g.tuned.items()),  # what migu tune chose for this setting
             len(g.runs),
             " ".join(map(str, g.seeds)),
         ]
@@ -237,7 +238,7 @@ def _sweep_tables(
     header, rows = method_table(groups)
     done = len(sweep.cells) - len(sweep.missing)
     md = [
-        f"## {sweep.name} ({done} of {len(sweep.cells)} cells finished)",
+        f"## {label} ({done} of {len(sweep.cells)} cells finished)",
         "",
         markdown_table(header, rows),
         "",
@@ -265,6 +266,22 @@ def _sweep_tables(
     return md, files
 
 
+def sweep_labels(sweeps: Sequence[SweepDir]) -> list[str]:
+    """A distinct name per sweep for file suffixes and headings: its own name, or, where two share it
+    (every ``migu tune`` writes a ``test`` directory), its parent directory's name before it."""
+    names = [s.name for s in sweeps]
+    labels = [
+        n if names.count(n) == 1 else f"{s.path.resolve().parent.name}_{n}"
+        for s, n in zip(sweeps, names, strict=True)
+    ]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:  # still equal (the same directory twice, or equal parents): numbered
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if labels.count(label) == 1 else f"{label}_{seen[label]}")
+    return out
+
+
 def analyze_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path) -> SweepOutput:
     """Tables (CSV + Markdown) and figures of each sweep directory, written to ``out``.
 
@@ -279,25 +296,25 @@ def analyze_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path) -> SweepOu
     all_notes: list[str] = []
     all_groups: list[Group] = []
     md: list[str] = ["# Sweep summary", ""]
-    for sweep in sweeps:
-        suffix = "" if len(sweeps) == 1 else f"_{sweep.name}"
+    for sweep, label in zip(sweeps, sweep_labels(sweeps), strict=True):
+        suffix = "" if len(sweeps) == 1 else f"_{label}"
         groups = group_cells([sweep])
         all_groups += groups
         if not groups:
-            note = f"sweep {sweep.name} has no finished cell"
-            md += [f"## {sweep.name}", "", note, ""]
+            note = f"sweep {label} has no finished cell"
+            md += [f"## {label}", "", note, ""]
             all_notes.append(note)
             continue
-        section, written = _sweep_tables(sweep, groups, out, suffix)
+        section, written = _sweep_tables(sweep, groups, out, suffix, label)
         md += section
         files += written
-        figs, notes = sweep_figures(groups, sweep.name)
+        figs, notes = sweep_figures(groups, label)
         if sweep.missing:
             notes.append(f"{len(sweep.missing)} cell(s) not finished, left out: {', '.join(sweep.missing)}")
         if notes:
             md += ["", "Not shown / left out:", "", *(f"- {n}" for n in notes)]
         md.append("")
-        all_notes += [f"{sweep.name}: {n}" for n in notes]
+        all_notes += [f"{label}: {n}" for n in notes]
         for stem, fig in figs.items():
             figures[f"{stem}{suffix}"] = fig
             files.append(plots.save(fig, out / f"{stem}{suffix}.png"))
