@@ -273,3 +273,13 @@ def test_a_cluster_ablation_gets_its_table_effects_and_figure(tmp_path: Path) ->
     from migu.runner.sweep import write_summary
 
     assert "MIGU+Cluster effect on ACC" in write_summary(sweep)
+
+
+def test_sweep_labels_are_distinct() -> None:
+    from migu.analysis.sweeps import sweep_labels
+    from migu.runner.summary import SweepDir
+
+    a, b = SweepDir("test", Path("/r/tune_ft/test"), []), SweepDir("test", Path("/r/tune_lora/test"), [])
+    c = SweepDir("proxy_table", Path("/r/x"), [])
+    assert sweep_labels([a, b, c]) == ["tune_ft_test", "tune_lora_test", "proxy_table"]
+    assert sweep_labels([a, a]) == ["tune_ft_test_1", "tune_ft_test_2"]  # the same directory twice
