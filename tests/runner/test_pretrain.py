@@ -258,3 +258,31 @@ def test_reference_reuse_is_not_part_of_the_config_hash() -> None:
     assert config_changes(before, data) == []
     other = build_run_config({"tasks": ["a"], "pretrain": {"end_task": {"lr": 1e-4}}}).to_dict()
     assert config_changes(data, other) == ["pretrain.end_task.lr: 3e-05 -> 0.0001"]
+
+
+def test_an_unwritable_reference_cache_warns_and_the_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from migu.runner.reference import load_reference, save_reference
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with caplog.at_level("WARNING"):
+        save_reference(
+            blocked / "end_task_reference" / "x.json",
+            "k",
+            dict.fromkeys(("mf1", "acc", "correct", "steps", "seconds"), 0),
+        )
+    assert "could not cache the untrained reference" in caplog.text
+    good = tmp_path / "ok" / "x.json"
+    save_reference(
+        good, "k", {"mf1": 0.5, "acc": 0.6, "correct": [1, 0], "steps": 3, "seconds": 1.0, "extra": 1}
+    )
+    assert load_reference(good, "k") == {
+        "mf1": 0.5,
+        "acc": 0.6,
+        "correct": [1, 0],
+        "steps": 3,
+        "seconds": 1.0,
+    }
+    assert load_reference(good, "other key") is None

@@ -82,6 +82,12 @@ def load_reference(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def save_reference(path: Path, key: str, record: dict[str, Any]) -> None:
-    """Write ``record`` (atomically: a killed write leaves the old file or none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"key": key, **{f: record[f] for f in FIELDS}}))
+    """Write ``record`` (atomically: a killed write leaves the old file or none). A cache that cannot
+    be written costs the next run a recompute, never this run: warned, not raised."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": key, **{f: record[f] for f in FIELDS}}))
+    except OSError as exc:
+        log.warning(
+            "%s: could not cache the untrained reference (%s); the next run computes it again", path, exc
+        )
