@@ -11,7 +11,9 @@ import csv
 import io
 import json
 import math
+import platform
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,17 @@ class ResultsError(ValueError):
 
 
 Matrix = list[list[float | None]]
+
+
+def package_versions() -> dict[str, str]:
+    """Python and the packages that decide a run's numbers (results ``versions``, cache keys)."""
+    out = {"python": platform.python_version()}
+    for pkg in ("migu", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
 
 
 @dataclass(frozen=True)

