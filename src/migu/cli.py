@@ -101,7 +101,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .runner.tune import run_tune
 
-    summary = run_tune(args.sweep, out=args.out, data_root=args.data, overrides=args.overrides)
+    summary = run_tune(
+        args.sweep, out=args.out, data_root=args.data, overrides=args.overrides, summarize=args.summarize
+    )
     print(summary["markdown"])
     return 0
 
@@ -151,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell")
     p.add_argument("--data", help="CL_Benchmark directory (default: config data_root, then $MIGU_DATA)")
     p.add_argument("--out", help="tune directory (default: runs/<name>_tune); re-running resumes")
+    p.add_argument(
+        "--summarize",
+        action="store_true",
+        help="train nothing: rewrite the tune summary from the cells' results.json (e.g. committed results)",
+    )
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("list", help="list registered tasks, domains, orders or CL methods")

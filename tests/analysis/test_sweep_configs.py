@@ -112,23 +112,23 @@ def _scored(cells: list, score: Callable[[float], float]) -> dict[str, RunResult
     }
 
 
-def test_tune_long_proxy_chooses_each_methods_lr_on_validation() -> None:
-    """The long proxy's tune: FT / LoRA / IncLoRA x MIGU off/on, three lrs each, on the 5-task order;
-    selection groups by method and MIGU setting only, so each of the 6 settings picks one of its 3."""
+@pytest.mark.parametrize("method", ["ft", "lora", "inclora"])
+def test_tune_long_proxy_chooses_each_settings_lr_on_validation(method: str) -> None:
+    """The long proxy's tune files: the method x MIGU off / its paper T (0.7), three lrs each, on the
+    5-task order; selection groups by MIGU setting only, so each of the two settings picks one of 3."""
     from migu.runner.tune import _cells, _spec, choose
 
-    path = SWEEPS / "tune_long_proxy.yaml"
-    assert _spec(path) == (["recipe"], "val_acc", [42, 1024, 2048])
+    path = SWEEPS / f"tune_long_proxy_{method}.yaml"
+    assert _spec(path) == (["train.lr"], "val_acc", [42, 1024, 2048])
     _, cells = _cells(path, [], "val")
-    assert len(cells) == 18 and all(c.config["order"] == "long_proxy" for c in cells)
-    lrs: dict[str, set[float]] = {}
-    for c in cells:
-        lrs.setdefault(c.config["method"]["name"], set()).add(c.config["train"]["lr"])
-    assert lrs == {"ft": {3e-5, 1e-4, 3e-4}, "lora": {3e-4, 1e-3, 3e-3}, "inclora": {3e-4, 1e-3, 3e-3}}
+    assert len(cells) == 6 and all(c.config["order"] == "long_proxy" for c in cells)
+    assert all(c.config["method"]["name"] == method and c.config["data"]["val_n"] == 200 for c in cells)
+    lrs = {c.config["train"]["lr"] for c in cells}
+    assert lrs == ({3e-5, 1e-4, 3e-4} if method == "ft" else {3e-4, 1e-3, 3e-3})
     results = _scored(cells, lambda lr: lr)  # the largest lr wins, by construction
-    chosen = {(ch.method, ch.setting): ch.chosen for ch in choose(cells, results, ["recipe"], "val_acc")}
-    assert chosen == {
-        (m, s): f"{m}-3e-{4 if m == 'ft' else 3}" for m in ("ft", "lora", "inclora") for s in ("off", "T=0.7")
+    choices = choose(cells, results, ["train.lr"], "val_acc")
+    assert {(ch.method, ch.setting): ch.chosen for ch in choices} == {
+        (method, s): str(max(lrs)) for s in ("off", "T=0.7")
     }
 
 

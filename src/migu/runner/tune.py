@@ -31,10 +31,11 @@ from typing import Any
 
 import yaml
 
+from .checkpoint import config_changes
 from .config import ConfigError, build_run_config, read_yaml_config
 from .files import atomic_write_text
-from .results import METRICS, RunResults, load_results
-from .run import execute, plan_run
+from .results import METRICS, ResultsError, RunResults, load_results
+from .run import execute, plan_run, resolve_regime
 from .summary import (
     SWEEP_FILE,
     SweepCell,
@@ -130,10 +131,7 @@ def _cells(path: str | Path, overrides: list[str], eval_on: str) -> tuple[str, l
     return name, cells
 
 
-def _run_cells(cells: list[Cell], root: Path, data_root: str | None, tuned: list[str] | None = None) -> None:
-    plans = [
-        plan_run(build_run_config(c.config), root / c.name, data_root) for c in cells
-    ]  # all checked first
+def _write_sweep_file(cells: list[Cell], root: Path, tuned: list[str] | None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         root / SWEEP_FILE,
@@ -145,9 +143,46 @@ def _run_cells(cells: list[Cell], root: Path, data_root: str | None, tuned: list
             }
         ),
     )
+
+
+def _run_cells(cells: list[Cell], root: Path, data_root: str | None, tuned: list[str] | None = None) -> None:
+    plans = [
+        plan_run(build_run_config(c.config), root / c.name, data_root) for c in cells
+    ]  # all checked first
+    _write_sweep_file(cells, root, tuned)
     for i, (cell, plan) in enumerate(zip(cells, plans, strict=True)):
         log.info("tune: %s cell %d/%d %s", root.name, i + 1, len(cells), cell.name)
         execute(plan)
+
+
+def _check_saved(cells: list[Cell], root: Path) -> None:
+    """``--summarize``: every cell must hold a finished results.json made with the cell's config;
+    one error lists every missing, unfinished or differing cell (nothing is trained or written).
+
+    Keys that a results file predates (fields added to the config since) are not compared: they
+    did not exist, so the run used what their defaults now say."""
+    problems = []
+    for c in cells:
+        try:
+            res = load_results(root / c.name)
+        except ResultsError as exc:
+            problems.append(f"{c.name}: {exc}")
+            continue
+        if not res.complete:
+            problems.append(f"{c.name}: the run in {root / c.name} did not finish")
+            continue
+        if res.config:
+            config = build_run_config(c.config)
+            now = {**config.to_dict(), "regime": resolve_regime(config)[0]}  # as the run resolved it
+            saved = {k: v for k, v in res.config.items() if k in now}
+            known = {k: v for k, v in now.items() if k in saved}
+            changes = [ch for ch in config_changes(saved, known) if "(unset)" not in ch.split(" -> ")[0]]
+            if changes:
+                problems.append(f"{c.name}: made with another config ({'; '.join(changes)})")
+    if problems:
+        raise ConfigError(
+            f"--summarize needs every cell's finished results in {root}:\n  " + "\n  ".join(problems)
+        )
 
 
 def choose(cells: list[Cell], results: dict[str, RunResults], select: list[str], metric: str) -> list[Choice]:
@@ -187,15 +222,22 @@ def run_tune(
     out: str | Path | None = None,
     data_root: str | None = None,
     overrides: list[str] | None = None,
+    summarize: bool = False,
 ) -> dict[str, Any]:
-    """Select on validation, then score the chosen settings on test; write the tune summary."""
+    """Select on validation, then score the chosen settings on test; write the tune summary.
+
+    ``summarize``: train nothing; read every cell's results.json (a committed copy of a tune
+    without its run_state or checkpoints suffices) and write the summaries again."""
     overrides = list(overrides or [])
     select, metric, test_seeds = _spec(path)
     name, val_cells = _cells(path, overrides, "val")
     seeds = [f"grid.seed=[{', '.join(map(str, test_seeds))}]"] if test_seeds else []
     _, test_cells = _cells(path, [*overrides, *seeds], "test")
     out = Path(out) if out else Path("runs") / f"{name}_tune"
-    _run_cells(val_cells, out / "select", data_root)
+    if summarize:
+        _check_saved(val_cells, out / "select")
+    else:
+        _run_cells(val_cells, out / "select", data_root)
     val_results = {c.name: load_results(out / "select" / c.name) for c in val_cells}
     choices = choose(val_cells, val_results, select, metric)
     by_name = {c.name: c for c in val_cells}
@@ -207,7 +249,12 @@ def run_tune(
         for n in cand.cells
     }
     final = [c for c in test_cells if _without_seed(c) in chosen]
-    _run_cells(final, out / "test", data_root, tuned=select)
+    if summarize:
+        _check_saved(final, out / "test")  # both checked before either sweep file is rewritten
+        _write_sweep_file(val_cells, out / "select", None)
+        _write_sweep_file(final, out / "test", select)
+    else:
+        _run_cells(final, out / "test", data_root, tuned=select)
     return write_tune_summary(out, name, choices, final, select, metric)
 
 
