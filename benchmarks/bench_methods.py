@@ -23,6 +23,8 @@ Examples::
     python benchmarks/bench_methods.py --data ../shared/data/CL_Benchmark          # CPU proxy, all methods
     python benchmarks/bench_methods.py --methods ft,ft+migu,ewc --json results.json
     python benchmarks/bench_methods.py --config configs/paper/order1_ft.yaml --data DIR --train-n 2000
+    python benchmarks/bench_methods.py --config configs/cpu/das_proxy.yaml \
+        --methods ft,ft+migu,ewc,derpp,das --data ../shared/data/CL_Benchmark   # continual pre-training
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def child(spec: str, config_path: str, overrides: list[str], data: str | None, o
         "steps": sum(t["steps"] for t in results.timings),
         "peak_mib": peak,
         "memory_method": "cuda max_memory_allocated" if cuda else "peak RSS - RSS before the run",
-        "acc": results.metrics.get("acc"),
+        # finetuning: ACC over the tasks; continual pre-training: the end tasks' ACC after the last domain
+        "acc": results.metrics.get("acc", results.metrics.get("final_acc")),
     }
 
 
@@ -127,6 +130,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def shrink_overrides(args: argparse.Namespace) -> list[str]:
+    """``--train-n / --test-n / --length`` as overrides for a finetuning config. A continual
+    pre-training config has no such rows (its domains' sizes are in the registry, its MLM length is
+    ``pretrain.block_size``, its end tasks' length ``pretrain.end_task.max_length``): the shrink is
+    left out and its size is set with ``--set pretrain.steps_per_domain=N``."""
+    from migu.runner.config import load_config
+    from migu.runner.run import resolve_regime
+
+    regime, _ = resolve_regime(load_config(args.config, args.set))
+    if regime == "finetune":
+        return [
+            f"data.train_n={args.train_n}",
+            f"data.test_n={args.test_n}",
+            f"model.max_length={args.length}",
+        ]
+    log.info(
+        "%s: %s regime: --train-n/--test-n/--length do not apply (size it with --set)", args.config, regime
+    )
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -137,12 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = [s.strip() for s in args.methods.split(",") if s.strip()]
     if not specs or len(set(specs)) != len(specs):
         raise SystemExit(f"--methods {args.methods!r}: give each method once")
-    overrides = [
-        f"data.train_n={args.train_n}",
-        f"data.test_n={args.test_n}",
-        f"model.max_length={args.length}",
-    ]
-    overrides += args.set
+    overrides = [*shrink_overrides(args), *args.set]
     order = ["ft", *(s for s in specs if s != "ft"), "ft"]  # FT first and last: the A/A drift
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
