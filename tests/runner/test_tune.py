@@ -131,3 +131,47 @@ def test_summarize_lists_every_missing_or_changed_cell_and_writes_nothing(tmp_pa
             **saved["config"]["train"], "lr": 0.001}}}))  # fmt: skip
         run_tune(spec, out=out, summarize=True)
     assert not (out / "tune_summary.json").exists() and not (out / "select" / "sweep.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_tune_reuses_copied_results_and_trains_only_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch run elsewhere (select/ results.json only, no run state) is reused: only the chosen
+    settings' test cells train, and the saved selection files stay byte-identical."""
+    from support.data import write_benchmark
+
+    from migu.cli import main
+    from migu.runner import tune as tune_mod
+
+    spec, out, _ = _saved_tune(tmp_path)
+    for f in (out / "test").rglob("results.json"):
+        f.unlink()
+    before = {p: p.read_bytes() for p in (out / "select").rglob("results.json")}
+    trained: list[str] = []
+    real = tune_mod.execute
+    monkeypatch.setattr(tune_mod, "execute", lambda plan: trained.append(plan.run_dir.name) or real(plan))
+    data = write_benchmark(tmp_path / "CL_Benchmark", n_train=40, n_test=16)
+    assert main(["tune", str(spec), "--data", str(data), "--out", str(out)]) == 0
+    assert sorted(trained) == sorted(p.name for p in (out / "test").iterdir() if p.is_dir())
+    assert len(trained) == 4 and all(("0.001" in n) == ("off" in n) for n in trained)  # off@1e-3, MIGU@3e-3
+    assert {p: p.read_bytes() for p in (out / "select").rglob("results.json")} == before
+
+
+def test_a_tune_refuses_copied_results_made_with_another_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from migu.runner import tune as tune_mod
+    from migu.runner.config import ConfigError
+
+    spec, out, _ = _saved_tune(tmp_path)
+    cell = next((out / "select").glob("migu-threshold0.5_lr-0.003*"))
+    saved = json.loads((cell / "results.json").read_text())
+    saved["config"]["migu"]["threshold"] = 0.9
+    (cell / "results.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(tune_mod, "execute", lambda plan: pytest.fail(f"trained {plan.run_dir}"))
+    with pytest.raises(
+        ConfigError, match=rf"{cell.name}: made with another config \(migu.threshold: 0.9 -> 0.5\)"
+    ):
+        tune_mod.run_tune(spec, out=out)
+    assert json.loads((cell / "results.json").read_text()) == saved  # never overwritten

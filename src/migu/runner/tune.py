@@ -18,6 +18,10 @@ A tune file is a sweep file (``runner.sweep``) with two more keys::
    test rows. ``test_seeds`` lets a cheaper selection (fewer seeds) precede the 3-seed test.
 4. ``tune_summary.json``/``.md``: every candidate's validation numbers, the choice and its margin,
    the chosen settings' test metrics, and MIGU's paired effect on test ACC per method.
+
+A cell directory holding a finished ``results.json`` but no run state (results copied back, e.g. a
+batch another machine ran) is reused once its saved config matches the cell's; ``--summarize``
+trains nothing and rewrites the summaries from such files alone.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import config_changes
+from .checkpoint import STATE_FILE, config_changes
 from .config import ConfigError, build_run_config, read_yaml_config
 from .files import atomic_write_text
-from .results import METRICS, ResultsError, RunResults, load_results
+from .results import METRICS, RESULTS_FILE, ResultsError, RunResults, load_results
 from .run import execute, plan_run, resolve_regime
 from .summary import (
     SWEEP_FILE,
@@ -146,39 +150,58 @@ def _write_sweep_file(cells: list[Cell], root: Path, tuned: list[str] | None) ->
 
 
 def _run_cells(cells: list[Cell], root: Path, data_root: str | None, tuned: list[str] | None = None) -> None:
+    """Run every cell (resuming partial runs). A cell holding a finished results.json but no
+    run_state (a copy of committed results, e.g. a batch another machine ran) is reused once its
+    saved config matches the cell's; one that does not is refused, never overwritten."""
+    saved = [c for c in cells if _results_only(root / c.name)]
+    problems = [f"{c.name}: {p}" for c in saved if (p := _saved_problem(c, root)) is not None]
+    if problems:
+        raise ConfigError(
+            f"{root}: results.json without a run state that this tune cannot reuse (move them away to "
+            "train these cells again):\n  " + "\n  ".join(problems)
+        )
+    todo = [c for c in cells if c not in saved]
     plans = [
-        plan_run(build_run_config(c.config), root / c.name, data_root) for c in cells
+        plan_run(build_run_config(c.config), root / c.name, data_root) for c in todo
     ]  # all checked first
     _write_sweep_file(cells, root, tuned)
-    for i, (cell, plan) in enumerate(zip(cells, plans, strict=True)):
-        log.info("tune: %s cell %d/%d %s", root.name, i + 1, len(cells), cell.name)
+    for c in saved:
+        log.info("tune: %s cell %s: reusing its finished results.json (no run state)", root.name, c.name)
+    for i, (cell, plan) in enumerate(zip(todo, plans, strict=True)):
+        log.info("tune: %s cell %d/%d %s", root.name, i + 1, len(todo), cell.name)
         execute(plan)
+
+
+def _results_only(run_dir: Path) -> bool:
+    return (run_dir / RESULTS_FILE).is_file() and not (run_dir / STATE_FILE).is_file()
+
+
+def _saved_problem(c: Cell, root: Path) -> str | None:
+    """Why a cell's saved results.json cannot stand for the cell's run (None: it can).
+
+    Keys that a results file predates (fields added to the config since) are not compared: they
+    did not exist, so the run used what their defaults now say."""
+    try:
+        res = load_results(root / c.name)
+    except ResultsError as exc:
+        return str(exc)
+    if not res.complete:
+        return f"the run in {root / c.name} did not finish"
+    if res.config:
+        config = build_run_config(c.config)
+        now = {**config.to_dict(), "regime": resolve_regime(config)[0]}  # as the run resolved it
+        saved = {k: v for k, v in res.config.items() if k in now}
+        known = {k: v for k, v in now.items() if k in saved}
+        changes = [ch for ch in config_changes(saved, known) if "(unset)" not in ch.split(" -> ")[0]]
+        if changes:
+            return f"made with another config ({'; '.join(changes)})"
+    return None
 
 
 def _check_saved(cells: list[Cell], root: Path) -> None:
     """``--summarize``: every cell must hold a finished results.json made with the cell's config;
-    one error lists every missing, unfinished or differing cell (nothing is trained or written).
-
-    Keys that a results file predates (fields added to the config since) are not compared: they
-    did not exist, so the run used what their defaults now say."""
-    problems = []
-    for c in cells:
-        try:
-            res = load_results(root / c.name)
-        except ResultsError as exc:
-            problems.append(f"{c.name}: {exc}")
-            continue
-        if not res.complete:
-            problems.append(f"{c.name}: the run in {root / c.name} did not finish")
-            continue
-        if res.config:
-            config = build_run_config(c.config)
-            now = {**config.to_dict(), "regime": resolve_regime(config)[0]}  # as the run resolved it
-            saved = {k: v for k, v in res.config.items() if k in now}
-            known = {k: v for k, v in now.items() if k in saved}
-            changes = [ch for ch in config_changes(saved, known) if "(unset)" not in ch.split(" -> ")[0]]
-            if changes:
-                problems.append(f"{c.name}: made with another config ({'; '.join(changes)})")
+    one error lists every missing, unfinished or differing cell (nothing is trained or written)."""
+    problems = [f"{c.name}: {p}" for c in cells if (p := _saved_problem(c, root)) is not None]
     if problems:
         raise ConfigError(
             f"--summarize needs every cell's finished results in {root}:\n  " + "\n  ".join(problems)
