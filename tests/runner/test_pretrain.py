@@ -260,6 +260,20 @@ def test_reference_reuse_is_not_part_of_the_config_hash() -> None:
     assert config_changes(data, other) == ["pretrain.end_task.lr: 3e-05 -> 0.0001"]
 
 
+def test_config_changes_can_skip_keys_added_since_but_still_reports_removed_ones() -> None:
+    """A saved config that predates a field does not differ on it (skip_added); a field the saved
+    config has and the current one lacks is still a change."""
+    from migu.runner.checkpoint import config_changes
+
+    data = build_run_config({"tasks": ["a"], "train": {"lr": 1e-3}}).to_dict()
+    older = {**data, "train": {k: v for k, v in data["train"].items() if k != "lr"}}
+    assert config_changes(older, data) == ["train.lr: (unset) -> 0.001"]
+    assert config_changes(older, data, skip_added=True) == []
+    assert config_changes(data, older, skip_added=True) == ["train.lr: 0.001 -> (unset)"]
+    other = {**older, "seed": 7}
+    assert config_changes(other, data, skip_added=True) == [f"seed: 7 -> {data['seed']}"]
+
+
 def test_an_unwritable_reference_cache_warns_and_the_run_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

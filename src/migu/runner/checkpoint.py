@@ -76,16 +76,21 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def config_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def config_changes(before: dict[str, Any], now: dict[str, Any], skip_added: bool = False) -> list[str]:
     """``key: old -> new`` for every dotted key whose value differs between two resolved configs
-    (only the parts that are hashed: a changed name or log_every is not a change of the run)."""
+    (only the parts that are hashed: a changed name or log_every is not a change of the run).
+
+    ``skip_added``: leave out keys ``before`` lacks (fields added to the config since it was
+    saved, so the old run used what their defaults now say); keys removed since still count."""
     old, new = _flatten(hashed_config(before)), _flatten(hashed_config(now))
 
     def show(d: dict[str, Any], k: str) -> str:
         return json.dumps(d[k], default=str) if k in d else "(unset)"
 
     keys = sorted(
-        k for k in old.keys() | new.keys() if _canon(old.get(k, _UNSET)) != _canon(new.get(k, _UNSET))
+        k
+        for k in old.keys() | new.keys()
+        if _canon(old.get(k, _UNSET)) != _canon(new.get(k, _UNSET)) and not (skip_added and k not in old)
     )
     return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in keys]
 

@@ -149,63 +149,72 @@ def _write_sweep_file(cells: list[Cell], root: Path, tuned: list[str] | None) ->
     )
 
 
-def _run_cells(cells: list[Cell], root: Path, data_root: str | None, tuned: list[str] | None = None) -> None:
-    """Run every cell (resuming partial runs). A cell holding a finished results.json but no
-    run_state (a copy of committed results, e.g. a batch another machine ran) is reused once its
-    saved config matches the cell's; one that does not is refused, never overwritten."""
-    saved = [c for c in cells if _results_only(root / c.name)]
-    problems = [f"{c.name}: {p}" for c in saved if (p := _saved_problem(c, root)) is not None]
-    if problems:
-        raise ConfigError(
-            f"{root}: results.json without a run state that this tune cannot reuse (move them away to "
-            "train these cells again):\n  " + "\n  ".join(problems)
-        )
-    todo = [c for c in cells if c not in saved]
+def _run_cells(
+    cells: list[Cell], root: Path, data_root: str | None, tuned: list[str] | None = None
+) -> dict[str, RunResults]:
+    """Run every cell (resuming partial runs); return every cell's results. A cell holding a
+    finished results.json but no run_state (a copy of committed results, e.g. a batch another
+    machine ran) is reused once its saved config matches the cell's; one that does not is
+    refused, never overwritten."""
+    results = _load_saved(
+        [c for c in cells if _results_only(root / c.name)],
+        root,
+        f"{root}: results.json without a run state that this tune cannot reuse (move them away to "
+        "train these cells again)",
+    )
+    todo = [c for c in cells if c.name not in results]
     plans = [
         plan_run(build_run_config(c.config), root / c.name, data_root) for c in todo
     ]  # all checked first
     _write_sweep_file(cells, root, tuned)
-    for c in saved:
-        log.info("tune: %s cell %s: reusing its finished results.json (no run state)", root.name, c.name)
+    for name in results:
+        log.info("tune: %s cell %s: reusing its finished results.json (no run state)", root.name, name)
     for i, (cell, plan) in enumerate(zip(todo, plans, strict=True)):
         log.info("tune: %s cell %d/%d %s", root.name, i + 1, len(todo), cell.name)
         execute(plan)
+        results[cell.name] = load_results(root / cell.name)
+    return {c.name: results[c.name] for c in cells}
 
 
 def _results_only(run_dir: Path) -> bool:
     return (run_dir / RESULTS_FILE).is_file() and not (run_dir / STATE_FILE).is_file()
 
 
-def _saved_problem(c: Cell, root: Path) -> str | None:
-    """Why a cell's saved results.json cannot stand for the cell's run (None: it can).
+def _load_saved(cells: list[Cell], root: Path, why: str) -> dict[str, RunResults]:
+    """Each cell's saved results.json, checked to stand for the cell's run; one ConfigError
+    headed ``why`` lists every missing, unfinished or differing cell (nothing is written)."""
+    results: dict[str, RunResults] = {}
+    problems = []
+    for c in cells:
+        res, problem = _saved_results(c, root)
+        if res is not None and problem is None:
+            results[c.name] = res
+        else:
+            problems.append(f"{c.name}: {problem}")
+    if problems:
+        raise ConfigError(f"{why}:\n  " + "\n  ".join(problems))
+    return results
+
+
+def _saved_results(c: Cell, root: Path) -> tuple[RunResults | None, str | None]:
+    """A cell's saved results and why they cannot stand for the cell's run (None: they can).
 
     Keys that a results file predates (fields added to the config since) are not compared: they
-    did not exist, so the run used what their defaults now say."""
+    did not exist, so the run used what their defaults now say. Keys removed since are reported."""
     try:
         res = load_results(root / c.name)
     except ResultsError as exc:
-        return str(exc)
+        return None, str(exc)
     if not res.complete:
-        return f"the run in {root / c.name} did not finish"
+        return res, f"the run in {root / c.name} did not finish"
     if res.config:
         config = build_run_config(c.config)
         now = {**config.to_dict(), "regime": resolve_regime(config)[0]}  # as the run resolved it
         saved = {k: v for k, v in res.config.items() if k in now}
-        known = {k: v for k, v in now.items() if k in saved}
-        changes = [ch for ch in config_changes(saved, known) if "(unset)" not in ch.split(" -> ")[0]]
+        changes = config_changes(saved, now, skip_added=True)
         if changes:
-            return f"made with another config ({'; '.join(changes)})"
-    return None
-
-
-def _check_saved(cells: list[Cell], root: Path) -> None:
-    """``--summarize``: every cell must hold a finished results.json made with the cell's config;
-    one error lists every missing, unfinished or differing cell (nothing is trained or written)."""
-    problems = [f"{c.name}: {p}" for c in cells if (p := _saved_problem(c, root)) is not None]
-    if problems:
-        raise ConfigError(
-            f"--summarize needs every cell's finished results in {root}:\n  " + "\n  ".join(problems)
-        )
+            return res, f"made with another config ({'; '.join(changes)})"
+    return res, None
 
 
 def choose(cells: list[Cell], results: dict[str, RunResults], select: list[str], metric: str) -> list[Choice]:
@@ -257,11 +266,11 @@ def run_tune(
     seeds = [f"grid.seed=[{', '.join(map(str, test_seeds))}]"] if test_seeds else []
     _, test_cells = _cells(path, [*overrides, *seeds], "test")
     out = Path(out) if out else Path("runs") / f"{name}_tune"
+    summarized = "--summarize needs every cell's finished results in"
     if summarize:
-        _check_saved(val_cells, out / "select")
+        val_results = _load_saved(val_cells, out / "select", f"{summarized} {out / 'select'}")
     else:
-        _run_cells(val_cells, out / "select", data_root)
-    val_results = {c.name: load_results(out / "select" / c.name) for c in val_cells}
+        val_results = _run_cells(val_cells, out / "select", data_root)
     choices = choose(val_cells, val_results, select, metric)
     by_name = {c.name: c for c in val_cells}
     chosen = {
@@ -273,24 +282,30 @@ def run_tune(
     }
     final = [c for c in test_cells if _without_seed(c) in chosen]
     if summarize:
-        _check_saved(final, out / "test")  # both checked before either sweep file is rewritten
+        # both checked before either sweep file is rewritten
+        test_results = _load_saved(final, out / "test", f"{summarized} {out / 'test'}")
         _write_sweep_file(val_cells, out / "select", None)
         _write_sweep_file(final, out / "test", select)
     else:
-        _run_cells(final, out / "test", data_root, tuned=select)
-    return write_tune_summary(out, name, choices, final, select, metric)
+        test_results = _run_cells(final, out / "test", data_root, tuned=select)
+    return write_tune_summary(out, name, choices, final, select, metric, test_results)
 
 
 def write_tune_summary(
-    out: Path, name: str, choices: list[Choice], final: list[Cell], select: list[str], metric: str
+    out: Path,
+    name: str,
+    choices: list[Choice],
+    final: list[Cell],
+    select: list[str],
+    metric: str,
+    results: dict[str, RunResults] | None = None,
 ) -> dict[str, Any]:
+    """``results``: the test cells' results when already loaded (else read from ``out/test``)."""
+    loaded = results or {c.name: load_results(out / "test" / c.name) for c in final}
     test_dir = SweepDir(
         "test",
         out / "test",
-        [
-            SweepCell(c.name, c.values, out / "test" / c.name, load_results(out / "test" / c.name))
-            for c in final
-        ],
+        [SweepCell(c.name, c.values, out / "test" / c.name, loaded[c.name]) for c in final],
         tuple(select),
     )
     groups = group_cells([test_dir])
