@@ -188,6 +188,23 @@ def test_lora_ewc_holds_only_the_adapter_and_head(
     assert names and all("lora_" in n or n.startswith("classifier.") for n in names)
 
 
+def test_the_runs_last_task_gets_no_fisher_unless_asked(
+    make_family: Families, rows: list[Any], family_ctx: Contexts
+) -> None:
+    fam = make_family("bert")
+    skip, keep = EWC(), EWC(last_task_fisher=True)
+    for method in (skip, keep):
+        for i, part in enumerate((rows[:4], rows[4:])):
+            ctx = family_ctx(fam, i, part, n_tasks=2)
+            method.on_task_start(ctx)
+            method.on_task_end(ctx)
+    assert list(skip._fisher) == ["0"] and list(keep._fisher) == ["0", "1"]
+    first, last = slow_fisher(fam, fam.model, rows[:4]), slow_fisher(fam, fam.model, rows[4:])
+    for n in first:  # what every later task would read is the same either way
+        torch.testing.assert_close(skip._fisher["0"][n], first[n], rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(keep._fisher["1"][n], last[n], rtol=1e-5, atol=1e-12)
+
+
 @pytest.mark.parametrize("online", [False, True])
 def test_state_round_trip_through_safetensors_restores_the_penalty(
     online: bool, make_family: Families, rows: list[Any], family_ctx: Contexts
@@ -222,6 +239,7 @@ def test_state_round_trip_through_safetensors_restores_the_penalty(
         ({"fisher_batch_size": 0}, "fisher_batch_size"),
         ({"fisher_samples": 0}, "fisher_samples"),
         ({"online": "yes"}, "online"),
+        ({"last_task_fisher": 1}, "last_task_fisher"),
         ({"lambda": 1.0}, "lambda"),
     ],
 )

@@ -11,7 +11,10 @@ With ``fisher_batch_size`` 1 (the default) this is the exact per-example empiric
 batch mean is about ``1/|B|`` of the mean squared per-example gradient when those are uncorrelated,
 so it is scaled back by ``|B|`` (ContinualLM, ``networks/baselines/ewc.py``: ``fisher += sbatch *
 grad^2``, averaged over batches), at the cost of the cross-example terms it cannot remove.
-``fisher_samples`` caps the rows used (a seeded sample, following the run's seed).
+``fisher_samples`` caps the rows used (a seeded sample, following the run's seed). The last task of
+a run gets no Fisher (no later task's penalty reads it; it took as long as the task's training on
+the CPU proxy); ``last_task_fisher: true`` computes it for the saved state, as DAS's
+``last_domain_importance``.
 
 The penalty added to every later task's loss (``step_loss`` term ``"ewc"``)::
 
@@ -107,7 +110,8 @@ class EWCMixin(CLMethod):
 
     Options: ``ewc_lambda`` (2500, >= 0), ``online`` (False), ``gamma`` (1.0, in [0, 1]; online
     only), ``fisher_batch_size`` (1 = exact per-example Fisher), ``fisher_samples`` (None = every
-    training row; else a seeded sample of that many).
+    training row; else a seeded sample of that many), ``last_task_fisher`` (False: the run's last
+    task is not consolidated).
     """
 
     needs: ClassVar[MethodNeeds] = MethodNeeds()
@@ -118,6 +122,7 @@ class EWCMixin(CLMethod):
     gamma: float = 1.0
     fisher_batch_size: int = 1
     fisher_samples: int | None = None
+    last_task_fisher: bool = False
     _seed: int = field(default=0, init=False, repr=False, compare=False)
     # task key ("0", "1", ... or "online") -> param name -> tensor
     _fisher: dict[str, dict[str, torch.Tensor]] = field(
@@ -134,10 +139,12 @@ class EWCMixin(CLMethod):
         check_int(self, "fisher_batch_size", 1)
         if self.fisher_samples is not None:
             check_int(self, "fisher_samples", 1)
-        if not isinstance(self.online, bool):
-            raise ValueError(
-                f"method {self.name!r}: option 'online' must be true or false, got {self.online!r}"
-            )
+        for option in ("online", "last_task_fisher"):
+            value = getattr(self, option)
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"method {self.name!r}: option {option!r} must be true or false, got {value!r}"
+                )
 
     def on_run_start(self, seed: int) -> None:
         """The Fisher sample (``fisher_samples``) follows the run's seed."""
@@ -218,10 +225,16 @@ class EWCMixin(CLMethod):
         return terms
 
     def on_task_end(self, ctx: TaskContext) -> None:
-        """Consolidate the finished task (not when rebuilding: load_state_dict restores it)."""
+        """Consolidate the finished task (not when rebuilding: load_state_dict restores it; not the
+        run's last task unless ``last_task_fisher``: nothing reads its Fisher)."""
         super().on_task_end(ctx)
-        if not ctx.rebuilding:
-            self.consolidate(ctx)
+        if ctx.rebuilding:
+            return
+        last = ctx.n_tasks is not None and ctx.task_index == ctx.n_tasks - 1
+        if last and not self.last_task_fisher:
+            log.info("EWC: last task %r: its Fisher is not needed, not computed", ctx.task_name)
+            return
+        self.consolidate(ctx)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
