@@ -10,7 +10,9 @@ from support.results import fake_results, write_sweep
 
 from migu.runner.results import ResultsError
 from migu.runner.summary import (
+    base_method,
     effect_sections,
+    effects_table,
     group_cells,
     method_table,
     paired_effects,
@@ -189,3 +191,54 @@ def test_pretrain_end_task_rows_give_an_acc_bootstrap_and_no_mf1_one(tmp_path: P
     (acc,), (mf1,) = sections["migu"], sections["migu_mf1"]
     assert acc.by_rows is not None and mf1.by_rows is None
     assert (acc.by_rows.mean, acc.by_rows.low, acc.by_rows.high) == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_each_baseline_is_paired_against_its_plain_base_method(tmp_path: Path) -> None:
+    """FT 0.50, FT+MIGU 0.52, EWC 0.53, EWC+MIGU 0.56, LoRA 0.40, LoRA+EWC 0.45 on every seed (plus a
+    seed-dependent shift shared by all): EWC and EWC+MIGU pair with plain FT (+3, +6), LoRA+EWC with
+    LoRA (+5), EWC without MIGU with FT+MIGU (+1); FT and LoRA themselves get no base row."""
+    accs = {
+        ("ft", False): 0.50,
+        ("ft", True): 0.52,
+        ("ewc", False): 0.53,
+        ("ewc", True): 0.56,
+        ("lora", False): 0.40,
+        ("lora_ewc", False): 0.45,
+    }
+    cells = []
+    for seed, shift in ((42, 0.0), (1024, 0.04), (2048, -0.03)):
+        for (method, on), acc in accs.items():
+            values = {"method": method, "migu": "on" if on else "off", "seed": seed}
+            res = fake_results(method, {"threshold": 0.7} if on else None, seed, acc + shift)
+            cells.append((f"{method}_{values['migu']}_seed-{seed}", values, res))
+    groups = group_cells([read_sweep_dir(write_sweep(tmp_path / "b", "b", cells))])
+    sections = effect_sections(groups)
+    got = {(e.method, e.setting, e.baseline): e.by_seed.mean for e in sections["vs_base"]}
+    assert got == pytest.approx(
+        {("ewc", "off", "FT"): 0.03, ("ewc", "T=0.7", "FT"): 0.06, ("lora_ewc", "off", "LoRA"): 0.05}
+    )
+    (vs_migu,) = sections["vs_base_migu"]
+    assert (vs_migu.method, vs_migu.baseline, vs_migu.contrast) == ("ewc", "FT, T=0.7", "off vs FT, T=0.7")
+    assert vs_migu.by_seed.mean == pytest.approx(0.01)
+    _, rows = effects_table(sections["vs_base"])
+    assert [r[:2] for r in rows] == [["EWC", "off vs FT"], ["EWC", "T=0.7 vs FT"], ["LoRAEWC", "off vs LoRA"]]
+    assert base_method("ft") is None and base_method("lora") is None and base_method("das") == "ft"
+    assert base_method("inclora") == "lora" and base_method("not_a_method") is None
+
+
+def test_no_base_row_without_the_base_or_with_two_candidates(tmp_path: Path) -> None:
+    """A sweep without FT has nothing to pair a baseline with; two FT groups (two lrs) are not guessed
+    between when the baseline's own settings match neither."""
+    cells = []
+    for seed in (1, 2):
+        cells.append((f"ewc-{seed}", {"method": "ewc", "seed": seed}, fake_results("ewc", None, seed, 0.5)))
+    groups = group_cells([read_sweep_dir(write_sweep(tmp_path / "a", "a", cells))])
+    assert "vs_base" not in effect_sections(groups)
+    for lr in (1e-4, 3e-4):
+        for seed in (1, 2):
+            values = {"method": "ft", "train.lr": lr, "seed": seed}
+            cells.append((f"ft-{lr:g}-{seed}", values, fake_results("ft", None, seed, 0.4)))
+    cells = [(n, {**v, "train.lr": v.get("train.lr", 1e-3)}, r) for n, v, r in cells]
+    groups = group_cells([read_sweep_dir(write_sweep(tmp_path / "c", "c", cells))])
+    assert {g.extra for g in groups if g.method == "ft"} == {"train.lr=0.0001", "train.lr=0.0003"}
+    assert "vs_base" not in effect_sections(groups)

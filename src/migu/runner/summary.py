@@ -8,6 +8,7 @@ group give mean and sample standard deviation.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..engine import COMPONENTS
-from ..methods import list_methods, paper_name
+from ..methods import LoRA, get_method_class, list_methods, paper_name
 from ..metrics import Interval, paired_bootstrap, paired_t_interval
 from .results import METRICS, RESULTS_FILE, ResultsError, RunResults, load_results
 
@@ -368,8 +369,9 @@ def summary_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- paired effects
 @dataclass(frozen=True)
 class Effect:
-    """One setting minus its baseline on the same method, paired by seed (and by test row): MIGU on
-    minus MIGU off, or MIGU+Cluster minus per-row MIGU at the same threshold."""
+    """One setting minus its baseline, paired by seed (and by test row): MIGU on minus MIGU off,
+    MIGU+Cluster minus per-row MIGU at the same threshold (both on the same method), or a method
+    minus its plain base method (``baseline`` then names it: ``FT``, ``FT, T=0.7``)."""
 
     method: str
     setting: str  # the MIGU setting (e.g. T=0.7, T=0.7 cluster=weight)
@@ -378,7 +380,7 @@ class Effect:
     seeds: list[int]
     by_seed: Interval | None  # paired t over seeds (None for one seed)
     by_rows: Interval | None  # paired bootstrap over test rows (None without per-row results)
-    baseline: str = "off"  # the setting subtracted
+    baseline: str = "off"  # the setting subtracted (or the base method and its setting)
 
     @property
     def contrast(self) -> str:
@@ -445,10 +447,58 @@ def cluster_effects(groups: Sequence[Group], metric: str = "acc", split: str = "
     return [e for g, base in pairs if base is not None and (e := _paired(g, base, metric, split))]
 
 
+def base_method(method: str) -> str | None:
+    """The plain method a CL method builds on, the one a user would run instead: ``lora`` for the
+    LoRA family (LoRA+EWC, IncLoRA, ...), ``ft`` for the rest (EWC, DER++, OSF, DAS, ...); None for
+    those two themselves and for a name no method is registered under."""
+    try:
+        cls = get_method_class(method)
+    except ValueError:
+        return None
+    base = "lora" if issubclass(cls, LoRA) else "ft"
+    return None if cls.name == base else base
+
+
+def base_effects(
+    groups: Sequence[Group], metric: str = "acc", split: str = "test", with_migu: bool = False
+) -> list[Effect]:
+    """Each method's groups minus its plain base method (``base_method``) on the seeds both have.
+
+    ``with_migu`` False: against the base without MIGU (every setting of the method: is EWC, or
+    EWC+MIGU, better than plain FT?). True: the method without MIGU against the base with MIGU (the
+    paper's DAS vs FT+MIGU), where the base has exactly one per-row MIGU setting. The base group is
+    the one with the same other settings, else the only candidate; with several, none is guessed.
+    """
+    candidates: dict[str, list[Group]] = {}
+    for g in groups:
+        if g.cluster is None and (g.threshold is not None) == with_migu:
+            candidates.setdefault(g.method, []).append(g)
+    out: list[Effect] = []
+    for g in groups:
+        ref = base_method(g.method)
+        if ref is None or (with_migu and g.threshold is not None) or g.cluster is not None:
+            continue
+        pool = candidates.get(ref, [])
+        same = [b for b in pool if b.extra == g.extra]
+        pick = same if same else pool
+        if len(pick) != 1:
+            continue
+        base = pick[0]
+        label = paper_name(ref) + (f", {base.setting}" if with_migu else "")
+        e = _paired(g, base, metric, split)
+        if e is not None:
+            out.append(dataclasses.replace(e, baseline=label))
+    return out
+
+
 EFFECT_TITLES = {
     "migu": "MIGU effect on ACC (with minus without MIGU, paired by seed)",
     "migu_mf1": "MIGU effect on macro-F1 (with minus without MIGU, paired by seed)",
     "cluster": "MIGU+Cluster effect on ACC (cluster minus per-row MIGU at the same T, paired by seed)",
+    "vs_base": "Against the plain method (FT, or LoRA for the LoRA family) without MIGU, on ACC "
+    "(method minus base, paired by seed)",
+    "vs_base_migu": "Against the plain method with MIGU, on ACC (method without MIGU minus base with "
+    "MIGU, paired by seed: the paper's DAS vs FT+MIGU)",
 }
 
 
@@ -461,6 +511,8 @@ def effect_sections(groups: Sequence[Group]) -> dict[str, list[Effect]]:
         # continual pre-training also reports the end tasks' macro-F1
         "migu_mf1": paired_effects(groups, "final_mf1") if acc == "final_acc" else [],
         "cluster": cluster_effects(groups, acc),
+        "vs_base": base_effects(groups, acc),
+        "vs_base_migu": base_effects(groups, acc, with_migu=True),
     }
     return {k: v for k, v in found.items() if v}
 
