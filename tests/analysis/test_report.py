@@ -283,3 +283,23 @@ def test_sweep_labels_are_distinct() -> None:
     c = SweepDir("proxy_table", Path("/r/x"), [])
     assert sweep_labels([a, b, c]) == ["tune_ft_test", "tune_lora_test", "proxy_table"]
     assert sweep_labels([a, a]) == ["tune_ft_test_1", "tune_ft_test_2"]  # the same directory twice
+
+
+def test_analyze_sweep_pool_pairs_across_two_tunes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`migu analyze sweep A B --pool`: one section, EWC (tune B) minus FT (tune A) = +4 points."""
+    from support.results import write_sweep
+
+    dirs = []
+    for method, acc in (("ft", 0.60), ("ewc", 0.64)):
+        cells = []
+        for seed in (42, 1024, 2048):
+            res = fake_results(method, None, seed, acc + seed / 1e6)
+            cells.append((f"{method}_seed-{seed}", {"method": method, "train.lr": 1e-4, "seed": seed}, res))
+        dirs.append(write_sweep(tmp_path / f"tune_{method}" / "test", "test", cells, tuned=["train.lr"]))
+    out = tmp_path / "out"
+    assert main(["analyze", "sweep", *map(str, dirs), "--pool", "-o", str(out)]) == 0
+    md = (out / "sweep_summary.md").read_text()
+    assert md.count("\n## ") == 1 and "## tune_ft_test + tune_ewc_test (6 of 6 cells finished)" in md
+    rows = _rows(out / "vs_base_effects.csv")
+    assert rows[1][:4] == ["EWC", "off vs FT", "3", "+4.00"]
+    assert "Against the plain method" in capsys.readouterr().out

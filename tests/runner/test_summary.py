@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from migu.runner.summary import (
     group_cells,
     method_table,
     paired_effects,
+    pool_sweeps,
     read_sweep_dir,
     summary_rows,
 )
@@ -242,3 +244,66 @@ def test_no_base_row_without_the_base_or_with_two_candidates(tmp_path: Path) -> 
     groups = group_cells([read_sweep_dir(write_sweep(tmp_path / "c", "c", cells))])
     assert {g.extra for g in groups if g.method == "ft"} == {"train.lr=0.0001", "train.lr=0.0003"}
     assert "vs_base" not in effect_sections(groups)
+
+
+def _tuned_test_dir(root: Path, recipes: dict[str, tuple[str, bool, float, float]], **config: Any) -> Path:
+    """A `migu tune` test/ directory: recipe label -> (method, MIGU on, lr, ACC), seeds 1 and 2 (seed 2
+    one point higher); ``config`` updates every run's resolved config."""
+    cells = []
+    for label, (method, on, lr, acc) in recipes.items():
+        bundle = {"label": label, "method.name": method, "migu": {} if on else None}
+        for seed in (1, 2):
+            res = fake_results(method, {"threshold": 0.7} if on else None, seed, acc + (seed - 1) / 100)
+            res["config"] = {
+                **res["config"],
+                "name": f"{root.parent.name}/{label}-{seed}",
+                "seed": seed,
+                "data_root": f"/data/{root.parent.name}",
+                "method": {"name": method},
+                "train": {"lr": lr, "batch_size": 16},
+                **config,
+            }
+            values = {"recipe": bundle, "train.lr": lr, "seed": seed}
+            cells.append((f"recipe-{label}_seed-{seed}", values, res))
+    return write_sweep(root, "test", cells, tuned=["train.lr"])
+
+
+def test_pooled_tunes_pair_a_baseline_with_ft_from_another_tune(tmp_path: Path) -> None:
+    """FT (lr 1e-4) in one tune, EWC (lr 3e-4, 0.55) and EWC+MIGU (0.58) in another: pooled, EWC pairs
+    with FT at +5 and +8 points though their lrs, names and data paths differ; apart, nothing pairs."""
+    ft = _tuned_test_dir(tmp_path / "tune_ft" / "test", {"ft": ("ft", False, 1e-4, 0.50)})
+    ewc = _tuned_test_dir(
+        tmp_path / "tune_ewc" / "test",
+        {"ewc": ("ewc", False, 3e-4, 0.55), "ewc+migu": ("ewc", True, 1e-4, 0.58)},
+        pretrain={"reuse_reference": True},  # a field the older FT runs' config lacks: not compared
+    )
+    sweeps = [read_sweep_dir(ft), read_sweep_dir(ewc)]
+    assert not any("vs_base" in effect_sections(group_cells([s])) for s in sweeps)
+    pooled = pool_sweeps(sweeps, ["tune_ft_test", "tune_ewc_test"])
+    assert pooled.name == "tune_ft_test + tune_ewc_test" and pooled.tuned == ("train.lr",)
+    assert pooled.cells[0].name == "tune_ft_test/recipe-ft_seed-1" and len(pooled.cells) == 6
+    got = {(e.method, e.setting): e.by_seed.mean for e in effect_sections(group_cells([pooled]))["vs_base"]}
+    assert got == pytest.approx({("ewc", "off"): 0.05, ("ewc", "T=0.7"): 0.08})
+
+
+def test_pooling_is_refused_when_the_setup_or_the_scored_rows_differ(tmp_path: Path) -> None:
+    """A different train_n, or the same seed scored on other rows, names the field and both cells."""
+    ft = _tuned_test_dir(tmp_path / "a" / "test", {"ft": ("ft", False, 1e-4, 0.5)})
+    other = _tuned_test_dir(
+        tmp_path / "b" / "test", {"ewc": ("ewc", False, 1e-4, 0.5)}, data={"train_n": 999, "test_n": 50}
+    )
+    msg = r"a/recipe-ft_seed-1 ran with data.train_n=100, b/recipe-ewc_seed-1 with data.train_n=999"
+    with pytest.raises(ResultsError, match=msg):
+        pool_sweeps([read_sweep_dir(ft), read_sweep_dir(other)], ["a", "b"])
+    digests = {}
+    for name, digest in (("c", "aaaa"), ("d", "bbbb")):
+        per_task = {"agnews": {"eval_split": "test", "test": {"index_digest": digest}}}
+        label = "ft" if name == "c" else "ewc"
+        digests[name] = _tuned_test_dir(tmp_path / name / "test", {label: (label, False, 1e-4, 0.5)})
+        for cell in digests[name].iterdir():
+            if (cell / "results.json").is_file():
+                body = json.loads((cell / "results.json").read_text())
+                (cell / "results.json").write_text(json.dumps({**body, "per_task": per_task}))
+    msg = r"c/recipe-ft_seed-1 and d/recipe-ewc_seed-1 \(seed 1\) were scored on different rows"
+    with pytest.raises(ResultsError, match=msg):
+        pool_sweeps([read_sweep_dir(digests["c"]), read_sweep_dir(digests["d"])], ["c", "d"])

@@ -65,7 +65,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeps import analyze_sweeps
 
     out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / "analysis"
-    res = analyze_sweeps(args.sweep_dirs, out)
+    res = analyze_sweeps(args.sweep_dirs, out, pool=args.pool)
     print((out / "sweep_summary.md").read_text())
     print(f"written to {out}: " + ", ".join(p.name for p in res.files))
     return 0
@@ -149,6 +149,12 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("sweep_dirs", nargs="+")
     p.add_argument("-o", "--out", help="output directory (default: FIRST_SWEEP/analysis)")
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="summarize all sweeps as one (e.g. the baselines' tune with FT's, for method-minus-FT "
+        "effects); refused unless they ran the same setup on the same rows",
+    )
     p.set_defaults(func=_cmd_sweep)
 
     p = asub.add_parser(

@@ -32,6 +32,7 @@ from ..runner.summary import (
     method_rank,
     method_table,
     pct,
+    pool_sweeps,
     read_sweep_dir,
     table_metrics,
 )
@@ -282,13 +283,17 @@ def sweep_labels(sweeps: Sequence[SweepDir]) -> list[str]:
     return out
 
 
-def analyze_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path) -> SweepOutput:
+def analyze_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path, pool: bool = False) -> SweepOutput:
     """Tables (CSV + Markdown) and figures of each sweep directory, written to ``out``.
 
-    Sweeps are summarised one by one (never pooled: two sweeps may differ in model or data);
-    with several sweeps the file names get the sweep name as a suffix.
+    Sweeps are summarised one by one (two sweeps may differ in model or data); with several sweeps
+    the file names get the sweep name as a suffix. ``pool``: all cells as one sweep, so a method in
+    one pairs with its base method (FT, LoRA) in another, once ``pool_sweeps`` has checked that they
+    ran the same setup on the same rows.
     """
     sweeps = [read_sweep_dir(d) for d in sweep_dirs]
+    if pool and len(sweeps) > 1:
+        sweeps = [pool_sweeps(sweeps, sweep_labels(sweeps))]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []

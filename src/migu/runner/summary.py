@@ -123,6 +123,83 @@ def read_sweep_dir(path: str | Path) -> SweepDir:
     return SweepDir(p.name, p, [SweepCell(d.name, {}, d, _finished(d)) for d in dirs])
 
 
+# Config fields a pooled comparison may differ in: what names a run or says where its files are, and
+# what the grids vary on purpose (method and its options, MIGU, seed). Everything else must agree.
+POOL_FREE = ("name", "seed", "method", "migu", "data_root", "keep_checkpoints", "tensorboard", "paper")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (empty dicts kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _grid_keys(sweep: SweepDir) -> set[str]:
+    """Every config key a sweep's grid sets (bundle keys included, their labels not)."""
+    keys = set(sweep.tuned)
+    for c in sweep.cells:
+        for k, v in c.values.items():
+            keys.update((kk for kk in v if kk != "label") if isinstance(v, dict) else (k,))
+    return keys
+
+
+def _eval_rows(res: RunResults) -> dict[str, Any]:
+    """Task -> digest of the rows it was scored on (empty for results that predate the digests)."""
+    out = {}
+    for task, info in res.per_task.items():
+        split = info.get("eval_split") if isinstance(info, dict) else None
+        digest = (info.get(split) or {}).get("index_digest") if split else None
+        if digest is not None:
+            out[task] = digest
+    return out
+
+
+def pool_sweeps(sweeps: Sequence[SweepDir], labels: Sequence[str]) -> SweepDir:
+    """The cells of ``sweeps`` as one sweep, so a method in one pairs with its base method in another
+    (the baselines' ``migu tune`` against FT's). Refused with a ResultsError naming the field and two
+    cells unless every finished cell ran the same setup apart from what the grids vary (``POOL_FREE``
+    and the grid keys) and runs of one seed were scored on the same rows. A field only one side has
+    (added to the config schema later, at its default) is not compared."""
+    free = set(POOL_FREE).union(*(_grid_keys(s) for s in sweeps))
+
+    def compared(key: str) -> bool:
+        return not any(key == f or key.startswith(f"{f}.") for f in free)
+
+    cells: list[SweepCell] = []
+    seen: dict[str, tuple[Any, str]] = {}  # config key -> (value, first cell that had it)
+    rows: dict[int, tuple[dict[str, Any], str]] = {}  # seed -> (scored rows, first cell)
+    for sweep, label in zip(sweeps, labels, strict=True):
+        for c in sweep.cells:
+            name = f"{label}/{c.name}"
+            cells.append(SweepCell(name, c.values, c.path, c.results))
+            if c.results is None:
+                continue
+            for key, value in _flat(c.results.config).items():
+                if not compared(key):
+                    continue
+                first = seen.setdefault(key, (value, name))
+                if first[0] != value:
+                    raise ResultsError(
+                        f"cannot pool these sweeps: {first[1]} ran with {key}={first[0]!r}, {name} with "
+                        f"{key}={value!r}; pooled cells must share the setup apart from the grid keys"
+                    )
+            scored = _eval_rows(c.results)
+            first_rows = rows.setdefault(c.results.seed, (scored, name))
+            common = first_rows[0].keys() & scored.keys()
+            if any(first_rows[0][t] != scored[t] for t in common):
+                raise ResultsError(
+                    f"cannot pool these sweeps: {first_rows[1]} and {name} (seed {c.results.seed}) were "
+                    "scored on different rows (per_task index digests differ); pairing needs the same rows"
+                )
+    tuned = tuple(dict.fromkeys(k for s in sweeps for k in s.tuned))
+    return SweepDir(" + ".join(labels), sweeps[0].path, cells, tuned)
+
+
 def migu_setting(results: RunResults) -> tuple[float | None, tuple[str, ...] | None, str | None]:
     """(threshold, components, cluster strategy) of a run; (None, None, None) without MIGU, cluster
     None for plain (per-row) MIGU."""
