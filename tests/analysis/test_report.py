@@ -303,3 +303,24 @@ def test_analyze_sweep_pool_pairs_across_two_tunes(tmp_path: Path, capsys: pytes
     rows = _rows(out / "vs_base_effects.csv")
     assert rows[1][:4] == ["EWC", "off vs FT", "3", "+4.00"]
     assert "Against the plain method" in capsys.readouterr().out
+
+
+def test_report_pool_pairs_across_two_tunes(tmp_path: Path) -> None:
+    """`migu report A B --pool`: one sweep section with EWC (tune B) minus FT (tune A) = +4 points;
+    without --pool the two tunes stay apart and no method-minus-FT section can be written."""
+    from support.results import write_sweep
+
+    dirs = []
+    for method, acc in (("ft", 0.60), ("ewc", 0.64)):
+        cells = []
+        for seed in (42, 1024, 2048):
+            res = fake_results(method, None, seed, acc + seed / 1e6)
+            cells.append((f"{method}_seed-{seed}", {"method": method, "train.lr": 1e-4, "seed": seed}, res))
+        dirs.append(write_sweep(tmp_path / f"tune_{method}" / "test", "test", cells, tuned=["train.lr"]))
+    assert main(["report", *map(str, dirs), "--pool", "-o", str(tmp_path / "pooled")]) == 0
+    md = (tmp_path / "pooled" / "report.md").read_text()
+    assert md.count("\n### ") == 1 and "### tune_ft_test + tune_ewc_test" in md
+    assert "Against the plain method" in md and "+4.00" in md
+    assert main(["report", *map(str, dirs), "-o", str(tmp_path / "apart")]) == 0
+    md = (tmp_path / "apart" / "report.md").read_text()
+    assert md.count("\n### ") == 2 and "Against the plain method" not in md

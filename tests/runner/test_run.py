@@ -38,6 +38,14 @@ def test_run_writes_the_run_directory(tiny_config: Callable[..., RunConfig], tmp
     assert set(saved.per_task) == {"agnews", "amazon"}
     assert saved.per_task["agnews"]["train"]["used"] == 32
     assert {"torch", "transformers", "peft", "accelerate", "migu"} <= set(saved.versions)
+    assert saved.versions["cpu"] and saved.versions["cpu_capability"] in {
+        "DEFAULT",
+        "AVX2",
+        "AVX512",
+        "ZVECTOR",
+        "VSX",
+        "SVE256",
+    }  # the machine that ran, for reruns
     assert saved.timings[0]["steps"] == 4  # 32 rows / batch 8, one epoch
     csv_lines = (out / "accuracy_matrix.csv").read_text().splitlines()
     assert csv_lines[0] == "after_task,agnews,amazon" and len(csv_lines) == 4  # header, untrained, 2 rows

@@ -87,7 +87,7 @@ def _cmd_instruct(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    res = build_report(args.inputs, args.out, title=args.title)
+    res = build_report(args.inputs, args.out, title=args.title, pool=args.pool)
     for m in res.missing:
         print(f"not in the report: {m}")
     print(f"report: {res.markdown}\n        {res.html}")
@@ -170,4 +170,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("inputs", nargs="+", help="run directories, sweep directories, `migu analyze` outputs")
     p.add_argument("-o", "--out", required=True, help="output directory (report.md, report.html, figures/)")
     p.add_argument("--title", default="MIGU report")
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="the sweep directories as one sweep (as `migu analyze sweep --pool`): method-minus-FT/LoRA "
+        "effects across tunes; refused unless they ran the same setup on the same rows",
+    )
     p.set_defaults(func=_cmd_report)

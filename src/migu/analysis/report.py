@@ -33,12 +33,13 @@ from ..runner.summary import (
     method_table,
     paper_comparisons,
     paper_table,
+    pool_sweeps,
     read_sweep_dir,
     regime_metrics,
 )
 from . import plots
 from .collect import run_label
-from .sweeps import components_table, sweep_figures
+from .sweeps import components_table, sweep_figures, sweep_labels
 
 log = logging.getLogger(__name__)
 
@@ -457,9 +458,17 @@ def _analyses_section(doc: Document, inputs: Inputs, figdir: Path) -> None:
             )
 
 
-def build_report(paths: Sequence[str | Path], out: str | Path, title: str = "MIGU report") -> ReportOutput:
-    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` from the inputs."""
+def build_report(
+    paths: Sequence[str | Path], out: str | Path, title: str = "MIGU report", pool: bool = False
+) -> ReportOutput:
+    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` from the inputs.
+
+    ``pool``: the sweep directories as one sweep (``pool_sweeps`` checks they ran the same setup on
+    the same rows), so a baseline tuned in one pairs with FT or LoRA in another, as in
+    ``migu analyze sweep --pool``."""
     inputs = classify(paths)
+    if pool and len(inputs.sweeps) > 1:
+        inputs.sweeps = [pool_sweeps(inputs.sweeps, sweep_labels(inputs.sweeps))]
     out = Path(out).resolve()
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,26 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def machine_versions() -> dict[str, str]:
+    """The processor that ran (CPU model, torch's CPU kernel level, GPU name): kernels may round
+    differently on another machine, so a rerun that differs can be told apart from nondeterminism.
+    Results ``versions`` only, never cache keys (a cache hit on another CPU is still the same run)."""
+    import torch  # here, not at the top: reading results needs no torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass  # not Linux: platform's answer stands
+    out = {"cpu": cpu, "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
 @dataclass(frozen=True)
 class RunResults:
     """One run's results. Scores are fractions in [0, 1].

@@ -35,7 +35,14 @@ from .faults import CheckpointError, DivergedError
 from .files import atomic_write_text
 from .lock import LOCK_FILE, RunLock
 from .loop import Continuation, check_split, train_task
-from .results import ResultsError, RunResults, load_results, package_versions, write_results
+from .results import (
+    ResultsError,
+    RunResults,
+    load_results,
+    machine_versions,
+    package_versions,
+    write_results,
+)
 from .stages import FinetuneStages, InstructStages, PretrainStages, Stages
 
 log = logging.getLogger(__name__)
@@ -766,7 +773,7 @@ def build_results(plan: Plan, state: ckpt.RunState) -> RunResults:
         per_task=stages.info(),
         timings=state.timings,
         wall_seconds=state.wall_seconds,
-        versions=package_versions(),
+        versions={**package_versions(), **machine_versions()},
         config=plan.resolved,
         failure=state.failure,
     )
