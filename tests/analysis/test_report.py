@@ -285,8 +285,8 @@ def test_sweep_labels_are_distinct() -> None:
     assert sweep_labels([a, a]) == ["tune_ft_test_1", "tune_ft_test_2"]  # the same directory twice
 
 
-def test_analyze_sweep_pool_pairs_across_two_tunes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """`migu analyze sweep A B --pool`: one section, EWC (tune B) minus FT (tune A) = +4 points."""
+def _ft_and_ewc_tunes(tmp_path: Path) -> list[Path]:
+    """Two `migu tune` test folders, FT at 60% and EWC at 64% ACC (3 seeds each): EWC − FT = +4."""
     from support.results import write_sweep
 
     dirs = []
@@ -296,6 +296,12 @@ def test_analyze_sweep_pool_pairs_across_two_tunes(tmp_path: Path, capsys: pytes
             res = fake_results(method, None, seed, acc + seed / 1e6)
             cells.append((f"{method}_seed-{seed}", {"method": method, "train.lr": 1e-4, "seed": seed}, res))
         dirs.append(write_sweep(tmp_path / f"tune_{method}" / "test", "test", cells, tuned=["train.lr"]))
+    return dirs
+
+
+def test_analyze_sweep_pool_pairs_across_two_tunes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`migu analyze sweep A B --pool`: one section, EWC (tune B) minus FT (tune A) = +4 points."""
+    dirs = _ft_and_ewc_tunes(tmp_path)
     out = tmp_path / "out"
     assert main(["analyze", "sweep", *map(str, dirs), "--pool", "-o", str(out)]) == 0
     md = (out / "sweep_summary.md").read_text()
@@ -308,15 +314,7 @@ def test_analyze_sweep_pool_pairs_across_two_tunes(tmp_path: Path, capsys: pytes
 def test_report_pool_pairs_across_two_tunes(tmp_path: Path) -> None:
     """`migu report A B --pool`: one sweep section with EWC (tune B) minus FT (tune A) = +4 points;
     without --pool the two tunes stay apart and no method-minus-FT section can be written."""
-    from support.results import write_sweep
-
-    dirs = []
-    for method, acc in (("ft", 0.60), ("ewc", 0.64)):
-        cells = []
-        for seed in (42, 1024, 2048):
-            res = fake_results(method, None, seed, acc + seed / 1e6)
-            cells.append((f"{method}_seed-{seed}", {"method": method, "train.lr": 1e-4, "seed": seed}, res))
-        dirs.append(write_sweep(tmp_path / f"tune_{method}" / "test", "test", cells, tuned=["train.lr"]))
+    dirs = _ft_and_ewc_tunes(tmp_path)
     assert main(["report", *map(str, dirs), "--pool", "-o", str(tmp_path / "pooled")]) == 0
     md = (tmp_path / "pooled" / "report.md").read_text()
     assert md.count("\n### ") == 1 and "### tune_ft_test + tune_ewc_test" in md

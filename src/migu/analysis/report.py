@@ -33,13 +33,12 @@ from ..runner.summary import (
     method_table,
     paper_comparisons,
     paper_table,
-    pool_sweeps,
     read_sweep_dir,
     regime_metrics,
 )
 from . import plots
 from .collect import run_label
-from .sweeps import components_table, sweep_figures, sweep_labels
+from .sweeps import components_table, pooled, sweep_figures
 
 log = logging.getLogger(__name__)
 
@@ -463,12 +462,12 @@ def build_report(
 ) -> ReportOutput:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` from the inputs.
 
-    ``pool``: the sweep directories as one sweep (``pool_sweeps`` checks they ran the same setup on
-    the same rows), so a baseline tuned in one pairs with FT or LoRA in another, as in
+    ``pool``: the sweep directories as one sweep (``pooled``, which checks they ran the same setup
+    on the same rows), so a baseline tuned in one pairs with FT or LoRA in another, as in
     ``migu analyze sweep --pool``."""
     inputs = classify(paths)
-    if pool and len(inputs.sweeps) > 1:
-        inputs.sweeps = [pool_sweeps(inputs.sweeps, sweep_labels(inputs.sweeps))]
+    if pool:
+        inputs.sweeps = pooled(inputs.sweeps)
     out = Path(out).resolve()
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)

@@ -283,6 +283,12 @@ def sweep_labels(sweeps: Sequence[SweepDir]) -> list[str]:
     return out
 
 
+def pooled(sweeps: list[SweepDir]) -> list[SweepDir]:
+    """``sweeps`` as one sweep (``pool_sweeps``, cells labelled by ``sweep_labels``), for
+    ``analyze sweep --pool`` and ``report --pool``; a single sweep is returned as it is."""
+    return [pool_sweeps(sweeps, sweep_labels(sweeps))] if len(sweeps) > 1 else sweeps
+
+
 def analyze_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path, pool: bool = False) -> SweepOutput:
     """Tables (CSV + Markdown) and figures of each sweep directory, written to ``out``.
 
@@ -292,8 +298,8 @@ def analyze_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path, pool: bool
     ran the same setup on the same rows.
     """
     sweeps = [read_sweep_dir(d) for d in sweep_dirs]
-    if pool and len(sweeps) > 1:
-        sweeps = [pool_sweeps(sweeps, sweep_labels(sweeps))]
+    if pool:
+        sweeps = pooled(sweeps)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
