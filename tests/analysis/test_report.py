@@ -131,6 +131,11 @@ def test_plots_with_partial_inputs(tmp_path: Path) -> None:
     fig = plots.plot_violins({"FT": {"off": [0.5], "T=0.7": [0.6, 0.6]}}, "t")
     assert len(fig.axes[0].collections) == 2
     assert plots.save(fig, tmp_path / "v.png").stat().st_size > 0
+    # a setting the first method lacks (DER++'s own T) still gets its legend entry
+    fig = plots.plot_violins(
+        {"LoRA": {"off": [0.5, 0.6], "T=0.7": [0.6, 0.7]}, "DER++": {"T=0.4": [0.7, 0.8]}}, "t"
+    )
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["off", "T=0.7", "T=0.4"]
     np.testing.assert_allclose(plots.moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 3), [1.5, 2.0, 3.0, 3.5])
     keep = np.array([[1, 0, 1, 0], [0, 1, 0, 1]], dtype=bool)
     fig = plots.plot_magnitudes(

@@ -320,6 +320,7 @@ def plot_violins(
     fills = [series_style(i, len(settings))["color"] for i in range(len(settings))]
     rng = np.random.default_rng(0)
     for k, setting in enumerate(settings):
+        labelled = False  # one legend entry per setting, from the first method that ran it
         for m, method in enumerate(methods):
             vals = 100 * np.asarray(groups[method].get(setting, []), dtype=float)
             if vals.size == 0:
@@ -345,8 +346,9 @@ def plot_violins(
                 edgecolor="black",
                 zorder=3,
                 marker=MARKERS[k % len(MARKERS)],
-                label=setting if m == 0 else None,
+                label=None if labelled else setting,
             )
+            labelled = True
     ax.set_xticks(range(len(methods)), labels=methods)
     ax.set_xlabel("CL method")
     ax.set_ylabel("ACC after the last task (%)")
