@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (benchmarks/gpu_check.py) in one command, unattended, on a fresh machine that has
+# The GPU check (bench/gpu_check.py) in one command, unattended, on a fresh machine that has
 # only this repository and torch, transformers, peft and accelerate installed: no download, no
 # install (the package runs from src/ through PYTHONPATH, installed or not). Under 5 minutes on one
 # GPU. Report on stderr, JSON in $GPU_CHECK_JSON (default gpu_check.json); exit 1 if a check failed.
@@ -21,4 +21,4 @@ if [ -n "$missing" ]; then
     echo "gpu_check: missing Python packages: $missing (pip install -e . brings them)" >&2
     exit 2
 fi
-exec "$py" benchmarks/gpu_check.py --json "${GPU_CHECK_JSON:-gpu_check.json}" "$@"
+exec "$py" bench/gpu_check.py --json "${GPU_CHECK_JSON:-gpu_check.json}" "$@"

@@ -13,7 +13,7 @@ log = logging.getLogger("migu")
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner.config import load_config
-    from .runner.run import run
+    from .runner.execute import run
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
@@ -40,20 +40,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "tasks":
-        from .benchmarks import get_task, list_tasks
+        from .data import get_task, list_tasks
 
         for name in list_tasks():
             spec = get_task(name)
             text = spec.instruction or "(the sentence carries its own question)"
             print(f"{spec.name:10s} {spec.category:8s} {text}")
     elif args.what == "domains":
-        from .benchmarks import get_domain, list_domains
+        from .data import get_domain, list_domains
 
         for name in list_domains():
             d = get_domain(name)
             print(f"{d.name:20s} {d.description}")
     elif args.what == "orders":
-        from .benchmarks import get_order, list_orders
+        from .data import get_order, list_orders
 
         for name in list_orders():
             order = get_order(name)
@@ -85,7 +85,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .runner.sweep import run_sweep
+    from .grid.sweep import run_sweep
 
     summary = run_sweep(args.sweep, out=args.out, data_root=args.data, overrides=args.overrides)
     out = Path(args.out) if args.out else Path("runs") / str(summary["name"])
@@ -99,7 +99,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .runner.tune import run_tune
+    from .grid.tune import run_tune
 
     summary = run_tune(
         args.sweep, out=args.out, data_root=args.data, overrides=args.overrides, summarize=args.summarize

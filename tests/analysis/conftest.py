@@ -25,7 +25,7 @@ def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def finished_run(bench_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FT+MIGU (T=0.5) on agnews -> amazon with every task's checkpoint kept."""
     from migu.runner.config import build_run_config
-    from migu.runner.run import run
+    from migu.runner.execute import run
 
     config = build_run_config(
         {

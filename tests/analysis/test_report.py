@@ -10,11 +10,12 @@ import pytest
 from support.results import fake_results
 
 from migu.analysis import plots
+from migu.analysis.ablations import analyze_sweeps
+from migu.analysis.groups import group_cells, read_sweep_dir
 from migu.analysis.report import build_report
-from migu.analysis.sweeps import analyze_sweeps
+from migu.analysis.tables import pct
 from migu.cli import main
 from migu.runner.results import RunResults
-from migu.runner.summary import group_cells, pct, read_sweep_dir
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -181,7 +182,7 @@ def test_a_tuned_sweep_gets_its_violin_named_with_the_chosen_setting(tmp_path: P
     """Groups that share another grid value (the tuned lr) are shown without and with MIGU."""
     from support.results import write_sweep
 
-    from migu.analysis.sweeps import violin_data
+    from migu.analysis.ablations import violin_data
 
     cells = []
     for migu, acc in (("off", 0.6), ("on", 0.55)):
@@ -226,8 +227,8 @@ def test_a_cluster_ablation_gets_its_table_effects_and_figure(tmp_path: Path) ->
     """Issue 15: per-row MIGU vs MIGU+Cluster (weight, co-magnitude), paired by seed, with known answers."""
     from support.results import write_sweep
 
-    from migu.analysis.sweeps import cluster_data
-    from migu.runner.summary import cluster_effects
+    from migu.analysis.ablations import cluster_data
+    from migu.analysis.effects import cluster_effects
 
     bundles = {
         "none": {"label": "none", "migu.cluster": None},
@@ -275,14 +276,14 @@ def test_a_cluster_ablation_gets_its_table_effects_and_figure(tmp_path: Path) ->
     md = (tmp_path / "out" / "sweep_summary.md").read_text()
     assert "MIGU+Cluster effect on ACC" in md and "other settings" not in md
     # the same sections in `migu sweep`'s own summary
-    from migu.runner.sweep import write_summary
+    from migu.grid.sweep import write_summary
 
     assert "MIGU+Cluster effect on ACC" in write_summary(sweep)
 
 
 def test_sweep_labels_are_distinct() -> None:
-    from migu.analysis.sweeps import sweep_labels
-    from migu.runner.summary import SweepDir
+    from migu.analysis.ablations import sweep_labels
+    from migu.analysis.groups import SweepDir
 
     a, b = SweepDir("test", Path("/r/tune_ft/test"), []), SweepDir("test", Path("/r/tune_lora/test"), [])
     c = SweepDir("proxy_table", Path("/r/x"), [])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from support.models import byte_bpe_tokenizer, tiny_llama
 
-from migu.benchmarks import humaneval as hd
+from migu.data import humaneval_problems as hd
 from migu.evals import (
     HUMAN_EVAL_STOPS,
     HumanEvalConfig,

@@ -28,14 +28,14 @@ from support.data import write_benchmark, write_das
 from support.models import TINY_VOCAB, tiny_config
 from torch import nn
 
+from migu.grid.spec import load_sweep
 from migu.methods import DAS, DERPP, StepContext, TaskContext, get_method_class, list_methods
 from migu.methods.das import original_ids
 from migu.models import ModelConfig, build_mlm_family
 from migu.models.mlm import MaskedLMFamily
 from migu.runner import loop as loop_mod
 from migu.runner.config import ConfigError, RunConfig, build_run_config
-from migu.runner.run import run
-from migu.runner.sweep import load_sweep
+from migu.runner.execute import run
 
 KINDS = ("head", "intermediate", "output")
 DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
@@ -54,7 +54,7 @@ def mlm_family(tokenizer_dir: str, kind: str = "bert", dropout: bool = False) ->
 
 
 def make_blocks(n: int, length: int = 12, seed: int = 0) -> list[dict[str, list[int]]]:
-    """Corpus blocks as ``benchmarks.corpus.Blocks`` gives them: [CLS] ids [SEP], special flags."""
+    """Corpus blocks as ``data.corpus.Blocks`` gives them: [CLS] ids [SEP], special flags."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
@@ -577,10 +577,10 @@ def test_pretrain_baseline_resumes_mid_domain_to_the_same_run(
             raise KeyboardInterrupt("killed in the MLM stage of domain 2")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("migu.runner.run.train_task", crash_in_domain_2)
+    monkeypatch.setattr("migu.runner.execute.train_task", crash_in_domain_2)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "resumed")
-    monkeypatch.setattr("migu.runner.run.train_task", real_train)
+    monkeypatch.setattr("migu.runner.execute.train_task", real_train)
     resumed = run(cfg, tmp_path / "resumed")
     assert resumed.matrices == full.matrices
     assert resumed.timings[1]["final_loss"] == full.timings[1]["final_loss"]
@@ -607,10 +607,10 @@ def test_a_das_resume_without_the_restored_importance_would_differ(
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("migu.runner.run.train_task", crash_in_domain_2)
+    monkeypatch.setattr("migu.runner.execute.train_task", crash_in_domain_2)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "resumed")
-    monkeypatch.setattr("migu.runner.run.train_task", real_train)
+    monkeypatch.setattr("migu.runner.execute.train_task", real_train)
     monkeypatch.setattr(DAS, "load_state_dict", lambda self, state, tensors=None: None)
     resumed = run(cfg, tmp_path / "resumed")
     assert (

@@ -16,7 +16,7 @@ from safetensors.torch import load, save
 from support.examples import LABEL_SPACE
 
 from migu import MIGUConfig, attach
-from migu.benchmarks.data import Example
+from migu.data.cl_benchmark import Example
 from migu.engine import num_masked
 from migu.methods import DERPP, LoRADERPP, StepContext, TaskContext, get_method
 from migu.methods.derpp import reservoir_slot, split_logits

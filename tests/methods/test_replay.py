@@ -10,7 +10,7 @@ import pytest
 from support.methods import ENCODER_SPEC, task_ctx, tiny_encoder
 from torch import nn
 
-from migu.benchmarks.data import Example
+from migu.data.cl_benchmark import Example
 from migu.methods import FTReplay, LoRAReplay, get_method, replay_count
 from migu.methods.replay import ReplayMixin
 
@@ -115,7 +115,7 @@ def test_state_dict_round_trip(cls: type[ReplayMixin]) -> None:
 
 
 def test_round_trip_with_benchmark_example_type() -> None:
-    data = pytest.importorskip("migu.benchmarks.data")
+    data = pytest.importorskip("migu.data.cl_benchmark")
     rows = [data.Example("cb", f"in {i}", f"s{i}", "yes", ("yes", "no")) for i in range(60)]
     method = get_method("lora_replay", replay_fraction=0.05)
     method.on_task_end(task_ctx(MODEL, 0, "cb", rows))
@@ -154,7 +154,7 @@ def test_saved_row_types_come_from_a_fixed_table_never_an_import() -> None:
     """Issue 17.8: a tampered method_state.json cannot make migu import a module it names."""
     import sys
 
-    from migu.benchmarks.instructions import Conversation
+    from migu.data.instructions import Conversation
 
     convs = [Conversation((("user", f"q{i}"), ("assistant", f"a{i}")), f"f:{i}") for i in range(50)]
     method = FTReplay()

@@ -99,7 +99,7 @@ def test_sentence_is_located_before_the_final_answer() -> None:
 
 
 def test_benchmark_example_type_fits(make_family: Any) -> None:
-    data = pytest.importorskip("migu.benchmarks.data")
+    data = pytest.importorskip("migu.data.cl_benchmark")
     prompt = "What is the sentiment?\nOption: positive, negative \nnice film\nAnswer:"
     ex = data.Example("sst", prompt, "nice film", "positive", ("positive", "negative"))
     fam = make_family("t5")

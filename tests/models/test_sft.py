@@ -6,7 +6,7 @@ import pytest
 import torch
 from support.models import tiny_llama, word_tokenizer
 
-from migu.benchmarks.instructions import Conversation
+from migu.data.instructions import Conversation
 from migu.models import ModelConfig, SFTFamily
 
 IGNORE = -100

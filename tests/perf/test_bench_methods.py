@@ -1,4 +1,4 @@
-"""benchmarks/bench_methods.py runs each method through the real runner and reports its cost against FT."""
+"""bench/bench_methods.py runs each method through the real runner and reports its cost against FT."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from support.data import write_benchmark
 from support.results import TINY_BERT, write_tiny_run_config
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_methods.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_methods.py"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""benchmarks/bench_step.py --smoke --json runs end to end (tiny models, seconds); no speed asserted."""
+"""bench/bench_step.py --smoke --json runs end to end (tiny models, seconds); no speed asserted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_step.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_step.py"
 VARIANTS = {"FT", "FT (A/A)", "FT+MIGU (grad)", "FT+MIGU (strict)", "LoRA", "LoRA+MIGU", "FT+MIGU (sparse)"}
 
 
@@ -102,7 +102,7 @@ def test_bench_step_compile_inductor_smoke() -> None:
 
 
 def test_bench_adamw_smoke_json() -> None:
-    """benchmarks/bench_adamw.py --smoke: every implementation timed dense and with zero rows."""
+    """bench/bench_adamw.py --smoke: every implementation timed dense and with zero rows."""
     script = SCRIPT.with_name("bench_adamw.py")
     proc = subprocess.run(
         [sys.executable, str(script), "--smoke", "--json"],

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh --dry-run: every check of benchmarks/gpu_check.py on CPU at a tiny size,
+"""scripts/gpu_check.sh --dry-run: every check of bench/gpu_check.py on CPU at a tiny size,
 end to end through the shell wrapper (PYTHONPATH=src, JSON report); no speed asserted."""
 
 from __future__ import annotations

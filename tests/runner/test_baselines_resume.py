@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from migu.methods import DERPP, EWC
 from migu.runner import loop as loop_mod
 from migu.runner.config import RunConfig
+from migu.runner.execute import run
 from migu.runner.results import RunResults
-from migu.runner.run import run
 
 # case -> (method, options, loss terms it logs); DER++'s buffer is smaller than a task's 32 rows so the
 # reservoir replaces rows; OSF does not compose with MIGU.
@@ -46,11 +46,11 @@ def crash_then_resume(cfg: RunConfig, out: Path, monkeypatch: pytest.MonkeyPatch
             raise KeyboardInterrupt("killed")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("migu.runner.run.train_task", crash_on_second_task)
+    monkeypatch.setattr("migu.runner.execute.train_task", crash_on_second_task)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, out)
     assert json.loads((out / "run_state.json").read_text())["completed"] == 1
-    monkeypatch.setattr("migu.runner.run.train_task", real_train)
+    monkeypatch.setattr("migu.runner.execute.train_task", real_train)
     return run(cfg, out)
 
 

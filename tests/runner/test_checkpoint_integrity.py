@@ -11,10 +11,10 @@ import pytest
 
 from migu.runner import checkpoint as ckpt
 from migu.runner.config import RunConfig
+from migu.runner.execute import run
 from migu.runner.faults import CheckpointError
+from migu.runner.regimes import FinetuneStages
 from migu.runner.results import RESULTS_FILE, load_results
-from migu.runner.run import run
-from migu.runner.stages import FinetuneStages
 
 
 def _small(tiny_config: Callable[..., RunConfig], **kw: object) -> RunConfig:
@@ -42,7 +42,7 @@ def test_a_finished_run_returns_its_results_without_loading_weights(
     def no(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run must not build a model or load a checkpoint")
 
-    monkeypatch.setattr("migu.runner.run.build_model", no)
+    monkeypatch.setattr("migu.runner.execute.build_model", no)
     monkeypatch.setattr(ckpt, "load_checkpoint", no)
     assert run(cfg, out).matrix == first.matrix
     (out / RESULTS_FILE).unlink()  # killed while writing its results: rebuilt from the run state
@@ -94,7 +94,8 @@ def test_a_truncated_checkpoint_without_digests_is_one_clear_error(
     real = loop.train_task
     with monkeypatch.context() as m:
         m.setattr(
-            "migu.runner.run.train_task", lambda *a, **k: killed() if a[1].task_index == 1 else real(*a, **k)
+            "migu.runner.execute.train_task",
+            lambda *a, **k: killed() if a[1].task_index == 1 else real(*a, **k),
         )
         with pytest.raises(KeyboardInterrupt):
             run(cfg, out)
@@ -126,12 +127,12 @@ def test_a_tampered_replay_state_is_refused_naming_its_file(
         return real(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr("migu.runner.run.train_task", killed_in_stage_2)
+        m.setattr("migu.runner.execute.train_task", killed_in_stage_2)
         with pytest.raises(KeyboardInterrupt):
             run(cfg, out)
     meta = out / "checkpoints/task_00/method_state.json"
     state = json.loads(meta.read_text())
-    assert state["replay"][0]["row_type"] == "migu.benchmarks.data:Example"
+    assert state["replay"][0]["row_type"] == "migu.data.cl_benchmark:Example"
     state["replay"][0]["row_type"] = "os:system"
     state["replay"][0]["indices"] = [0]  # differs from the rebuilt sample: the saved rows are read
     meta.write_text(json.dumps(state))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from migu.grid.spec import load_sweep
 from migu.runner.config import ConfigError, load_config, parse_override
-from migu.runner.sweep import load_sweep
 
 
 def _write(path: Path, text: str) -> Path:

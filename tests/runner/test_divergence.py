@@ -16,10 +16,11 @@ from support.faults import ForwardFaults
 from migu.cli import main
 from migu.runner import checkpoint as ckpt
 from migu.runner.config import RunConfig, TrainConfig
+from migu.runner.execute import run
 from migu.runner.faults import DivergedError
 from migu.runner.guard import NonFiniteGuard
 from migu.runner.results import format_results, load_results
-from migu.runner.run import restore_run, run
+from migu.runner.resume import restore_run
 
 
 def _yaml(cfg: RunConfig, path: Path) -> Path:

@@ -22,9 +22,9 @@ from migu.runner import checkpoint as ckpt
 from migu.runner import files
 from migu.runner import results as results_mod
 from migu.runner.config import RunConfig, build_run_config
+from migu.runner.execute import run
+from migu.runner.regimes import FinetuneStages
 from migu.runner.results import RunResults
-from migu.runner.run import run
-from migu.runner.stages import FinetuneStages
 
 TRAIN_CALLS = 2 * 2  # 2 stages x (16 rows / batch 8) training forward calls, one per step
 

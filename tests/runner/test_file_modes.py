@@ -12,7 +12,7 @@ import pytest
 
 from migu.runner import files
 from migu.runner.config import RunConfig
-from migu.runner.run import run
+from migu.runner.execute import run
 
 
 @pytest.fixture

@@ -19,19 +19,19 @@ from support.data import write_benchmark
 from support.models import tiny_config as tiny_model_init
 
 from migu.cli import main
+from migu.grid.sweep import run_sweep
 from migu.runner import checkpoint as ckpt
 from migu.runner.config import RunConfig
+from migu.runner.execute import run
 from migu.runner.faults import RunLockedError
 from migu.runner.lock import LOCK_FILE, RunLock
-from migu.runner.run import run
-from migu.runner.sweep import run_sweep
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 # A real `run` in another process, paused inside its first stage's training (it holds the lock).
 _PAUSED_RUN = """
 import sys, time
-import migu.runner.run as r
+import migu.runner.execute as r
 from migu.runner.config import load_config
 
 def paused(*args, **kwargs):
@@ -132,7 +132,7 @@ def test_a_sweep_skips_a_cell_another_process_is_running(tmp_path: Path) -> None
 
 
 def test_only_rank_0_of_a_launch_takes_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
-    from migu.runner.run import _main_process
+    from migu.runner.world import main_process as _main_process
 
     for rank, is_main in (("0", True), ("", True), ("3", False)):
         monkeypatch.setenv("RANK", rank)

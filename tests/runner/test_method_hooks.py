@@ -19,7 +19,7 @@ import torch
 from migu.methods import CLMethod, StepContext, TaskContext, register_method, unregister_method
 from migu.runner import loop as loop_mod
 from migu.runner.config import RunConfig
-from migu.runner.run import run
+from migu.runner.execute import run
 
 CALLS: list[tuple[str, int, bool]] = []  # (hook, task index, rebuilding)
 STEPS: list[int] = []  # task index of each before_optimizer_step call
@@ -108,7 +108,7 @@ def test_resume_rebuilds_structure_and_restores_tensor_state(
             raise KeyboardInterrupt("killed")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("migu.runner.run.train_task", crash_on_second_task)
+    monkeypatch.setattr("migu.runner.execute.train_task", crash_on_second_task)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "run")
     first = CALLS.copy()
@@ -118,7 +118,7 @@ def test_resume_rebuilds_structure_and_restores_tensor_state(
         return real_train(*args, **kwargs)
 
     CALLS.clear()
-    monkeypatch.setattr("migu.runner.run.train_task", spy)
+    monkeypatch.setattr("migu.runner.execute.train_task", spy)
     res = run(cfg, tmp_path / "run")
     assert res.complete
     assert first == [("start", 0, False), ("end", 0, False), ("start", 1, False)]

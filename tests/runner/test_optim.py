@@ -11,8 +11,8 @@ import torch
 import migu
 from migu.runner import loop as loop_mod
 from migu.runner.config import ConfigError, RunConfig
+from migu.runner.execute import run
 from migu.runner.optim import build_adamw
-from migu.runner.run import run
 
 
 def _flags(opt: torch.optim.Optimizer) -> tuple[bool, bool]:

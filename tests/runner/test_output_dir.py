@@ -16,15 +16,15 @@ from migu.cli import main
 from migu.runner import checkpoint as ckpt
 from migu.runner import faults, files
 from migu.runner.config import RunConfig
+from migu.runner.execute import run
 from migu.runner.faults import OutputError
-from migu.runner.run import run
 
 
 def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def no(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained despite a bad output directory")
 
-    monkeypatch.setattr("migu.runner.run.train_task", no)
+    monkeypatch.setattr("migu.runner.execute.train_task", no)
 
 
 def test_out_under_a_regular_file_fails_before_anything(

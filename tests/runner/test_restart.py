@@ -11,8 +11,8 @@ import yaml
 
 from migu.cli import main
 from migu.runner.config import ConfigError, RunConfig
+from migu.runner.execute import run
 from migu.runner.results import load_results
-from migu.runner.run import run
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -29,7 +29,7 @@ def test_changed_config_names_fields_and_restart_only_before_a_stage_finished(
         raise KeyboardInterrupt("killed in the first stage")
 
     with monkeypatch.context() as m:
-        m.setattr("migu.runner.run.train_task", killed)
+        m.setattr("migu.runner.execute.train_task", killed)
         with pytest.raises(KeyboardInterrupt):
             run(cfg, out)
     before = _snapshot(out)
@@ -67,7 +67,7 @@ def test_a_run_killed_while_its_model_loaded_can_be_run_again(
         raise KeyboardInterrupt("killed while the model loaded")
 
     with monkeypatch.context() as m:
-        m.setattr("migu.runner.run.build_model", killed)
+        m.setattr("migu.runner.execute.build_model", killed)
         with pytest.raises(KeyboardInterrupt):
             run(tiny_config(eval_baseline=False), out)
     assert (out / "config.yaml").is_file() and not (out / "run_state.json").exists()

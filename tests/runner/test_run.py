@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from migu.benchmarks import DataError
+from migu.data import DataError
 from migu.engine import Masker
 from migu.metrics import summarize
 from migu.runner import loop as loop_mod
 from migu.runner.config import ConfigError, RunConfig
+from migu.runner.execute import run
 from migu.runner.results import format_results, load_results
-from migu.runner.run import restore_run, run
+from migu.runner.resume import restore_run
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -67,12 +68,12 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
             raise KeyboardInterrupt("killed")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("migu.runner.run.train_task", crash_on_second_task)
+    monkeypatch.setattr("migu.runner.execute.train_task", crash_on_second_task)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "resumed")
     state = json.loads((tmp_path / "resumed/run_state.json").read_text())
     assert state["completed"] == 1 and not (tmp_path / "resumed/results.json").exists()
-    monkeypatch.setattr("migu.runner.run.train_task", real_train)
+    monkeypatch.setattr("migu.runner.execute.train_task", real_train)
     resumed = run(cfg, tmp_path / "resumed")
     assert resumed.matrix == full.matrix  # bit-identical on CPU with the same seed
     assert resumed.baseline == full.baseline

@@ -8,7 +8,7 @@ from support.data import REAL_ROOT, needs_real_data
 from support.models import tiny_config
 
 from migu.runner.config import build_run_config
-from migu.runner.run import run
+from migu.runner.execute import run
 
 
 @needs_real_data

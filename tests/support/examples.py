@@ -1,4 +1,4 @@
-"""Toy instruction examples shaped like the benchmark's (``migu.benchmarks.data.Example``)."""
+"""Toy instruction examples shaped like the benchmark's (``migu.data.cl_benchmark.Example``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Ex:
-    """Stand-in for migu.benchmarks.data.Example."""
+    """Stand-in for migu.data.cl_benchmark.Example."""
 
     task: str
     input: str

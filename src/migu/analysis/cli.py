@@ -62,7 +62,7 @@ def _cmd_magnitudes(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import analyze_sweeps
+    from .ablations import analyze_sweeps
 
     out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / "analysis"
     res = analyze_sweeps(args.sweep_dirs, out, pool=args.pool)

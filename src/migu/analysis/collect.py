@@ -21,8 +21,8 @@ from torch import nn
 
 from ..engine import COMPONENTS, Masker, MIGUConfig, attach, component_of
 from ..methods import FT, get_method_class, paper_name
-from ..runner.checkpoint import task_dir
 from ..runner.results import RunResults, load_results
+from ..runner.state import checkpoint_dir as task_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def restore(
     run_dir: str | Path, task_index: int, data_root: str | Path | None = None, device: str = "cpu"
 ) -> RestoredRun:
     """The model of ``run_dir`` after ``task_index`` in eval mode (FileNotFoundError if no checkpoint)."""
-    from ..runner.run import restore_run  # loads accelerate: only when a model is restored
+    from ..runner.resume import restore_run
 
     run_dir = Path(run_dir)
     results = load_results(run_dir)

@@ -22,23 +22,12 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ..runner.results import RunResults, load_results
-from ..runner.summary import (
-    EFFECT_TITLES,
-    METRIC_NAMES,
-    SweepDir,
-    effect_sections,
-    effects_table,
-    group_cells,
-    is_sweep_dir,
-    method_table,
-    paper_comparisons,
-    paper_table,
-    read_sweep_dir,
-    regime_metrics,
-)
 from . import plots
+from .ablations import components_table, pooled, sweep_figures
 from .collect import run_label
-from .sweeps import components_table, pooled, sweep_figures
+from .effects import EFFECT_TITLES, effect_sections, effects_table
+from .groups import SweepDir, group_cells, is_sweep_dir, read_sweep_dir
+from .tables import METRIC_NAMES, method_table, paper_comparisons, paper_table, regime_metrics
 
 log = logging.getLogger(__name__)
 

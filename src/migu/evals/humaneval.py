@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..benchmarks.humaneval import HumanEvalProblem, load_problems
+from ..data.humaneval_problems import HumanEvalProblem, load_problems
 from .sandbox import Sandbox, SandboxConfig, SandboxInfo, SandboxResult
 
 if TYPE_CHECKING:

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..benchmarks.data import Example
+from ..data.cl_benchmark import Example
 from ._encoder import Encoder, find_encoder, last_hidden
 from ._options import check_float, check_int
 from .base import Batch, CLMethod, MethodNeeds, StepContext, TaskContext
@@ -132,7 +132,7 @@ def logit_mse(new: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
 
 
 def is_token_blocks(rows: Sequence[Any]) -> bool:
-    """True for the masked-LM stage's rows (``benchmarks.corpus.Blocks``: mappings of token lists)."""
+    """True for the masked-LM stage's rows (``data.corpus.Blocks``: mappings of token lists)."""
     return bool(rows) and isinstance(rows[0], Mapping) and "input_ids" in rows[0]
 
 
@@ -190,7 +190,7 @@ def _row_from_json(data: dict[str, Any]) -> Any:
     fields = dict(data["example"])
     unknown = sorted(set(fields) - set(_EXAMPLE_FIELDS))
     if unknown:
-        raise ValueError(f"DER++ buffer row has fields {unknown} that migu.benchmarks.data.Example lacks")
+        raise ValueError(f"DER++ buffer row has fields {unknown} that migu.data.cl_benchmark.Example lacks")
     for name, value in fields.items():
         if isinstance(value, list) and typing.get_origin(_EXAMPLE_HINTS[name]) is tuple:
             fields[name] = tuple(value)

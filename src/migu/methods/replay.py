@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..benchmarks.data import Example
-from ..benchmarks.instructions import Conversation
+from ..data.cl_benchmark import Example
+from ..data.instructions import Conversation
 from ._options import check_float, check_int
 from .base import CLMethod, MethodNeeds, TaskContext
 from .ft import FT
@@ -47,8 +47,14 @@ def replay_count(fraction: float, n: int) -> int:
 # The row types a replay buffer may hold, by the name saved in method_state.json. A fixed table, not
 # an import of whatever module the file names: a tampered run directory cannot make migu import code.
 ROW_TYPES: dict[str, type] = {
-    "migu.benchmarks.data:Example": Example,  # labelled CL_Benchmark rows (finetune regime)
-    "migu.benchmarks.instructions:Conversation": Conversation,  # instruction sets (instruct regime)
+    "migu.data.cl_benchmark:Example": Example,  # labelled CL_Benchmark rows (finetune regime)
+    "migu.data.instructions:Conversation": Conversation,  # instruction sets (instruct regime)
+}
+# The names checkpoints written before the data package was renamed (``migu.data``) carry:
+# read, so those runs still resume; new checkpoints write the names above.
+LEGACY_ROW_TYPES: dict[str, type] = {
+    "migu.data.cl_benchmark:Example": Example,
+    "migu.data.instructions:Conversation": Conversation,
 }
 
 
@@ -66,7 +72,7 @@ def _row_type(row: Any) -> str | None:
 
 
 def _row_to_json(row: Any) -> Any:
-    """A dataclass row (benchmarks' Example) as a dict; anything else must already be JSON data."""
+    """A dataclass row (data's Example) as a dict; anything else must already be JSON data."""
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
         return dataclasses.asdict(row)
     return row
@@ -88,7 +94,7 @@ def _row_from_json(row_type: str | None, data: Any) -> Any:
     """Rebuild a row saved by :func:`_row_to_json`; an unknown type name is a ValueError (never an import)."""
     if row_type is None:
         return data
-    cls = ROW_TYPES.get(row_type)
+    cls = ROW_TYPES.get(row_type) or LEGACY_ROW_TYPES.get(row_type)
     if cls is None:
         raise ValueError(
             f"replay state: unknown row type {row_type!r}; known row types: {sorted(ROW_TYPES)} "

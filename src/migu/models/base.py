@@ -59,7 +59,7 @@ def lora_targets_for(model_type: str) -> tuple[str, ...]:
 
 
 class ExampleLike(Protocol):
-    """What a family reads from an example (``migu.benchmarks.data.Example`` fits)."""
+    """What a family reads from an example (``migu.data.cl_benchmark.Example`` fits)."""
 
     @property
     def task(self) -> str: ...

@@ -4,7 +4,7 @@ and the end-task classifiers finetuned from copies of the post-trained encoder.
 The MLM head runs only at the masked positions (~15% of the tokens): Hugging Face's MLM models
 compute every position's vocabulary logits, 6-7x more head FLOPs for the same loss. Batches come
 from ``DataCollatorForLanguageModeling`` (80% [MASK], 10% random, 10% kept; special tokens never
-masked), over fixed-length blocks of the corpus (``migu.benchmarks.corpus``).
+masked), over fixed-length blocks of the corpus (``migu.data.corpus``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from ..benchmarks.instructions import Conversation
+from ..data.instructions import Conversation
 from .base import chunks, lora_targets_for, model_device, pad_labels, to_device
 from .config import ModelConfig
 from .generative import IGNORE, answer_output

@@ -1,4 +1,5 @@
-"""The continual-learning runner: config, training loop, evaluation, checkpoints, results.
+"""Running one continual-learning run: config, plan, execute, resume, the training loop, the
+regimes' stages, checkpoints, run state and results.
 
 Names load on first use, so the light modules (``runner.faults``, ``runner.lock``,
 ``runner.results``) can be imported without torch.
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import ConfigError, RunConfig, load_config
-    from .run import plan_run, restore_run
-    from .run import run as run_experiment
+    from .execute import run as run_experiment
+    from .plan import plan_run
+    from .resume import restore_run
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "plan_run", "restore_run", "run_experiment"]
 
@@ -21,12 +23,16 @@ def __getattr__(name: str) -> Any:
         from . import config
 
         return getattr(config, name)
-    if name in ("plan_run", "restore_run"):
-        from . import run
+    if name == "plan_run":
+        from .plan import plan_run
 
-        return getattr(run, name)
-    if name == "run_experiment":  # keeps `migu.runner.run` the module
-        from .run import run as run_experiment
+        return plan_run
+    if name == "restore_run":
+        from .resume import restore_run
+
+        return restore_run
+    if name == "run_experiment":
+        from .execute import run as run_experiment
 
         return run_experiment
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Per-task checkpoints (safetensors + JSON) written atomically, and the run state for resume.
+"""Per-stage checkpoints (safetensors + JSON) written atomically and verified by their sha256.
 
 Layout of a run directory::
 
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,80 +30,12 @@ from torch import nn
 
 from .faults import CheckpointError
 from .files import apply_umask_mode, atomic_write_text
+from .state import CKPT_DIR, STATE_FILE, checkpoint_dir, checkpoint_stage
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "run_state.json"
-CKPT_DIR = "checkpoints"
 METHOD_TENSORS = "method_state.safetensors"
 MIGU_TENSORS = "migu_state.safetensors"
-
-
-def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a resolved config that change results (not paths or bookkeeping): what
-    :func:`config_hash` hashes and :func:`config_changes` compares."""
-    ignored = ("name", "data_root", "keep_checkpoints", "tensorboard", "paper")
-    relevant = {k: v for k, v in config.items() if k not in ignored}
-    # train.nonfinite: a stage finished under stop had no non-finite step, so it is what skip gives too
-    # (skipped steps are recorded per stage in the timings): a diverged run may resume with skip.
-    unhashed = ("log_every", "nonfinite")
-    relevant["train"] = {k: v for k, v in (relevant.get("train") or {}).items() if k not in unhashed}
-    pretrain = relevant.get("pretrain")
-    if isinstance(pretrain, dict):
-        # a cached reference is the same computation (its key says so): reuse is bookkeeping, and runs
-        # started before the field existed still resume
-        relevant["pretrain"] = {k: v for k, v in pretrain.items() if k != "reuse_reference"}
-    migu = relevant.get("migu")
-    if isinstance(migu, dict) and migu.get("cluster", 0) is None:
-        # MIGU+Cluster off hashes as before the field existed: runs started earlier still resume.
-        relevant["migu"] = {k: v for k, v in migu.items() if k != "cluster"}
-    return relevant
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """Hash of the parts of a resolved config that change results (not paths or bookkeeping)."""
-    relevant = hashed_config(config)
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): data}
-
-
-def config_changes(before: dict[str, Any], now: dict[str, Any], skip_added: bool = False) -> list[str]:
-    """``key: old -> new`` for every dotted key whose value differs between two resolved configs
-    (only the parts that are hashed: a changed name or log_every is not a change of the run).
-
-    ``skip_added``: leave out keys ``before`` lacks (fields added to the config since it was
-    saved, so the old run used what their defaults now say); keys removed since still count."""
-    old, new = _flatten(hashed_config(before)), _flatten(hashed_config(now))
-
-    def show(d: dict[str, Any], k: str) -> str:
-        return json.dumps(d[k], default=str) if k in d else "(unset)"
-
-    keys = sorted(
-        k
-        for k in old.keys() | new.keys()
-        if _canon(old.get(k, _UNSET)) != _canon(new.get(k, _UNSET)) and not (skip_added and k not in old)
-    )
-    return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in keys]
-
-
-_UNSET = object()
-
-
-def _canon(value: Any) -> Any:
-    """Compare as the hash does (as JSON text: a tuple equals a list)."""
-    return value if value is _UNSET else json.dumps(value, sort_keys=True, default=str)
-
-
-def task_dir(run_dir: Path, task_index: int) -> Path:
-    return run_dir / CKPT_DIR / f"task_{task_index:02d}"
 
 
 def save_checkpoint(
@@ -119,7 +50,7 @@ def save_checkpoint(
 
     ``migu_tensors``: the MIGU engine's state (the cluster assignments, keyed by target name).
     """
-    final = task_dir(run_dir, task_index)
+    final = checkpoint_dir(run_dir, task_index)
     # One temp name per writer (the pid): two writers never share a half-written directory.
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -157,7 +88,7 @@ def load_checkpoint(
 
     A truncated or corrupt file is a CheckpointError naming it (never a safetensors traceback).
     """
-    d = task_dir(run_dir, task_index)
+    d = checkpoint_dir(run_dir, task_index)
     weights = d / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint missing: {weights}")
@@ -203,7 +134,7 @@ def file_digests(directory: Path) -> dict[str, str]:
 def verify_checkpoint(run_dir: Path, task_index: int, expected: dict[str, str]) -> None:
     """Every file recorded for ``task_index``'s checkpoint is there with its recorded sha256, else
     a CheckpointError naming the first file that is not."""
-    d = task_dir(run_dir, task_index)
+    d = checkpoint_dir(run_dir, task_index)
     for name, digest in sorted(expected.items()):
         path = d / name
         if not path.is_file():
@@ -219,7 +150,7 @@ def verify_checkpoint(run_dir: Path, task_index: int, expected: dict[str, str]) 
 def checkpoint_intact(run_dir: Path, task_index: int, expected: dict[str, str] | None) -> bool:
     """Whether ``task_index``'s checkpoint exists and matches its recorded digests (for run states
     written before digests were recorded: whether its safetensors headers read and fit the files)."""
-    d = task_dir(run_dir, task_index)
+    d = checkpoint_dir(run_dir, task_index)
     if not (d / "model.safetensors").is_file():
         return False
     try:
@@ -241,7 +172,7 @@ OPTIMIZER_META = "optimizer.json"
 def save_optimizer_state(run_dir: Path, task_index: int, state: dict[str, Any]) -> None:
     """An optimizer's ``state_dict`` beside a stage's checkpoint (tensors as safetensors, the rest as
     JSON), for a next stage that continues this optimization after a resume."""
-    d = task_dir(run_dir, task_index)
+    d = checkpoint_dir(run_dir, task_index)
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
     for pid, entry in state["state"].items():
@@ -260,7 +191,7 @@ def save_optimizer_state(run_dir: Path, task_index: int, state: dict[str, Any]) 
 
 def load_optimizer_state(run_dir: Path, task_index: int) -> dict[str, Any]:
     """What :func:`save_optimizer_state` wrote after ``task_index``."""
-    d = task_dir(run_dir, task_index)
+    d = checkpoint_dir(run_dir, task_index)
     if not (d / OPTIMIZER_META).is_file():
         raise FileNotFoundError(f"{d} has no saved optimizer state: the run cannot continue its schedule")
     try:
@@ -277,7 +208,7 @@ def load_optimizer_state(run_dir: Path, task_index: int) -> dict[str, Any]:
 
 def load_migu_tensors(run_dir: Path, task_index: int) -> dict[str, torch.Tensor]:
     """The MIGU engine state saved with ``task_index``'s checkpoint ({} when there is none)."""
-    path = task_dir(run_dir, task_index) / MIGU_TENSORS
+    path = checkpoint_dir(run_dir, task_index) / MIGU_TENSORS
     return read_tensors(path) if path.is_file() else {}
 
 
@@ -290,39 +221,6 @@ def prune_checkpoints(run_dir: Path, keep_index: int) -> None:
         if d.name.endswith(".tmp"):
             shutil.rmtree(d, ignore_errors=True)
             continue
-        if d.name.startswith("task_") and d.name[5:].isdigit() and int(d.name[5:]) < keep_index:
+        stage = checkpoint_stage(d.name)
+        if stage is not None and stage < keep_index:
             shutil.rmtree(d, ignore_errors=True)
-
-
-@dataclass
-class RunState:
-    """What a run has finished so far (``run_state.json``): enough to resume after the last task."""
-
-    config_hash: str
-    completed: int = 0  # stages trained AND scored
-    trained: int = 0  # stages trained and checkpointed (one more than completed while scoring)
-    matrices: dict[str, list[list[float | None]]] = field(default_factory=dict)  # metric -> rows so far
-    baselines: dict[str, list[float]] | None = None  # the untrained model's scores per metric
-    progress: dict[str, Any] = field(default_factory=dict)  # finished parts of a long scoring protocol
-    timings: list[dict[str, Any]] = field(default_factory=list)  # per finished stage
-    wall_seconds: float = 0.0
-    data: dict[str, str] = field(default_factory=dict)  # every data file read -> sha256
-    correct: dict[str, dict[str, list[int]]] | None = None  # last scoring: split -> task -> 0/1 per row
-    failure: dict[str, Any] | None = None  # why the last attempt stopped (a non-finite loss); None = fine
-    # checkpoint directory name (task_03) -> {file: sha256} at write time: a resume checks them
-    checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)
-
-
-def read_state(run_dir: Path) -> RunState | None:
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        return RunState(**data)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise RuntimeError(f"{path} is corrupt ({exc}); move the run directory aside to start over") from exc
-
-
-def write_state(run_dir: Path, state: RunState) -> None:
-    atomic_write_text(run_dir / STATE_FILE, json.dumps(asdict(state), indent=1))

@@ -2,9 +2,10 @@
 
 Every section is a dataclass (``RunConfig`` with ``DataConfig``, ``TrainConfig``, ``MethodConfig``,
 the models' ``ModelConfig`` and the engine's ``MIGUConfig``), and :func:`build_run_config` checks
-every field against its type annotation before the dataclass's own range checks run, so a bad value
-fails when the config is read, naming its dotted key (``train.weight_decay must be a number, got
-'abc'``), before any model loads or any file is written.
+every field against its type annotation (``migu.validation.build_dataclass``) before the
+dataclass's own range checks run, so a bad value fails when the config is read, naming its dotted
+key (``train.weight_decay must be a number, got 'abc'``), before any model loads or any file is
+written.
 
 Why not OmegaConf structured configs: they reject the union types these configs use
 (``targets: str | list[str]``, ``random_init: dict | None`` beside strings) and ``Literal`` choices,
@@ -19,8 +20,6 @@ import copy
 import math
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ import yaml
 from ..engine import MIGUConfig
 from ..methods import get_method, get_method_class
 from ..models import ModelConfig
+from ..validation import ConfigError, build_dataclass, check_literals
 from .optim import OptimizerImpl
 
 
@@ -56,19 +56,7 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
 
 
-class ConfigError(ValueError):
-    """A bad config file, field or override; the message names it."""
-
-
 Schedule = Literal["constant", "linear", "cosine"]  # lr schedule per task (see runner/loop.py)
-
-
-def _check_choices(obj: Any, where: str) -> None:
-    """Every ``Literal``-annotated field of a dataclass holds one of its choices."""
-    for name, hint in typing.get_type_hints(type(obj)).items():
-        if typing.get_origin(hint) is Literal and getattr(obj, name) not in typing.get_args(hint):
-            choices = ", ".join(str(c) for c in typing.get_args(hint))
-            raise ConfigError(f"{where}{name} must be one of {choices}, got {getattr(obj, name)!r}")
 
 
 @dataclass
@@ -152,7 +140,7 @@ class TrainConfig:
             )
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        _check_choices(self, "train.")
+        check_literals(self, "train.")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must be two numbers, got {self.betas!r}")
         if self.max_steps_per_task is not None and self.max_steps_per_task <= 0:
@@ -192,7 +180,7 @@ class EndTaskConfig:
             raise ConfigError(f"pretrain.end_task.epochs must be positive or null, got {self.epochs}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"pretrain.end_task.max_steps must be positive or null, got {self.max_steps}")
-        _check_choices(self, "pretrain.end_task.")
+        check_literals(self, "pretrain.end_task.")
 
 
 @dataclass
@@ -225,7 +213,7 @@ class PretrainConfig:
             raise ConfigError(f"pretrain.block_size must be >= 8 tokens, got {self.block_size}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        _check_choices(self, "pretrain.")
+        check_literals(self, "pretrain.")
 
     def steps(self, batch_size: int, grad_accum: int) -> int | None:
         """Optimizer steps per domain (None: one epoch of the corpus)."""
@@ -256,7 +244,7 @@ class InstructConfig:
     cl_benchmark_probes: bool = False
 
     def __post_init__(self) -> None:
-        _check_choices(self, "instruct.")
+        check_literals(self, "instruct.")
         if self.max_new_tokens <= 0 or self.eval_batch_size <= 0:
             raise ConfigError("instruct.max_new_tokens and instruct.eval_batch_size must be positive")
         from ..evals import HumanEvalConfig  # standard library only: cheap
@@ -350,148 +338,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-# ---------------------------------------------------------------------------- typed building
-def _dataclass_of(hint: Any) -> type | None:
-    """The dataclass a field holds (``X`` or ``X | None``), else None."""
-    if is_dataclass(hint) and isinstance(hint, type):
-        return hint
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        found = [a for a in typing.get_args(hint) if is_dataclass(a) and isinstance(a, type)]
-        return found[0] if len(found) == 1 else None
-    return None
-
-
-def _describe(hint: Any) -> str:
-    """A type annotation in words, for error messages."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is bool:
-        return "true or false"
-    if hint is int:
-        return "an integer"
-    if hint is float:
-        return "a number"
-    if hint is str:
-        return "a string"
-    if hint is type(None):
-        return "null"
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
-    if origin is tuple:
-        return f"a list of {len(args)} " + ("numbers" if all(a is float for a in args) else "values")
-    if origin is list:
-        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    if origin is dict and len(args) == 2 and args[1] is not Any:
-        return f"a mapping to {_describe(args[1]).removeprefix('a ').removeprefix('an ')}s"
-    if origin is dict or hint is dict or (is_dataclass(hint) and isinstance(hint, type)):
-        return "a mapping"
-    return str(hint)
-
-
-def _arms(hint: Any) -> tuple[Any, ...]:
-    """The types a (possibly union) annotation allows."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return typing.get_args(hint)
-    return (hint,)
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` as ``hint`` wants it (int -> float, list -> tuple), or _Mismatch."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if hint is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if origin in (typing.Union, types.UnionType):
-        for arm in args:
-            try:
-                return _coerce(value, arm)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if origin is Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise _Mismatch
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is float:
-        # NaN and inf are never a setting (an lr of NaN passes every range check, epochs of inf never end)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise _Mismatch
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            raise _Mismatch
-        if origin is tuple and args and args[-1] is Ellipsis:
-            items = [_coerce(v, args[0]) for v in value]
-        elif origin is tuple and args:
-            if len(value) != len(args):
-                raise _Mismatch
-            items = [_coerce(v, a) for v, a in zip(value, args, strict=True)]
-        else:
-            items = [_coerce(v, args[0]) for v in value] if args else list(value)
-        return tuple(items) if origin is tuple else items
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        if len(args) == 2 and args[1] is not Any:
-            return {k: _coerce(v, args[1]) for k, v in value.items()}  # e.g. dict[str, float]: numbers
-        return value
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Dataclass ``cls`` from a mapping: unknown keys, wrong types and the class's own checks are
-    ConfigErrors naming the dotted key."""
-    section = where.rstrip(".") or "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section} must be a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls) if f.init}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {section}; known: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        hint = hints[key]
-        sub = _dataclass_of(hint)
-        if sub is not None and value is not None:
-            kwargs[key] = _build(sub, value, f"{where}{key}.")
-            continue
-        try:
-            kwargs[key] = _coerce(value, hint)
-        except _Mismatch:
-            if isinstance(value, float) and not math.isfinite(value) and float in _arms(hint):
-                raise ConfigError(f"{where}{key} must be a finite number, got {value}") from None
-            raise ConfigError(f"{where}{key} must be {_describe(hint)}, got {value!r}") from None
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{section}: {exc}") from exc
-
-
 def build_run_config(data: dict[str, Any]) -> RunConfig:
     """A validated RunConfig from a plain mapping (unknown keys and bad values are ConfigErrors).
 
@@ -510,7 +356,7 @@ def build_run_config(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"migu: method {cls.name!r} does not compose with MIGU; set migu: null")
     if isinstance(migu, dict) and "threshold" not in migu:
         data["migu"] = {**migu, "threshold": cls.default_threshold}
-    config: RunConfig = _build(RunConfig, data, "")
+    config: RunConfig = build_dataclass(RunConfig, data)
     try:
         get_method(config.method.name, **config.method.options)
     except (KeyError, ValueError, TypeError) as exc:

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import ConfigError, RunConfig
-from .run import check_world, plan_run, prepare_run_dir
+from .plan import plan_run
+from .resume import prepare_run_dir
+from .world import check_world
 
 log = logging.getLogger(__name__)
 

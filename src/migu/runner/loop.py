@@ -20,21 +20,17 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from ..benchmarks import TaskData
+from ..data import TaskData
 from ..engine import MIGUConfig, attach
 from ..methods import CLMethod, StepContext, TaskContext
 from ..metrics import accuracy, macro_f1
 from ..models import ModelFamily
 from .config import ConfigError, TrainConfig
 from .guard import NonFiniteGuard, grad_norm
-from .optim import build_adamw
+from .optim import build_adamw, build_scheduler
 
 log = logging.getLogger(__name__)
-
-# our schedule names -> transformers.get_scheduler names
-_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
 @dataclass
@@ -124,17 +120,9 @@ def train_task(
     if train_cfg.max_steps_per_task is not None:
         total = min(total, train_cfg.max_steps_per_task)
     horizon = continuation.total_steps if continuation is not None else total
-    scheduler = get_scheduler(
-        _SCHEDULES[train_cfg.schedule],
-        optimizer,
-        num_warmup_steps=int(train_cfg.warmup_ratio * horizon),
-        num_training_steps=horizon,
-    )  # in optimizer steps: the runner's Accelerator splits batches, so its scheduler steps once per step
-    if continuation is not None and continuation.start_step:
-        with warnings.catch_warnings():  # moving the schedule to where the earlier stages left it
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
-            for _ in range(continuation.start_step):
-                scheduler.step()
+    start_step = continuation.start_step if continuation is not None else 0
+    # in optimizer steps: the runner's Accelerator splits batches, so its scheduler steps once per step
+    scheduler = build_scheduler(optimizer, train_cfg.schedule, train_cfg.warmup_ratio, horizon, start_step)
     scheduler = accelerator.prepare(scheduler)
 
     wrapped.train()

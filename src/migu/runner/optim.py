@@ -1,11 +1,11 @@
-"""The runner's optimizer: AdamW, by default on torch's fused kernel.
+"""The runner's optimizer, AdamW (by default on torch's fused kernel), and its learning-rate schedule.
 
 Why fused by default: it updates each tensor in one pass instead of torch's per-tensor chain of
 ops, and it sidesteps a CPU cost that MIGU itself causes. Rows that MIGU has masked since the start
 of a task have a second moment (``exp_avg_sq``) of exactly 0, and torch's CPU ``sqrt`` kernel is
 4-8x slower on exact zeros than on positive values; the for-loop and foreach AdamW take that
 ``sqrt`` on every step, the fused kernel does not pay it. Measured with
-``benchmarks/bench_adamw.py`` and ``benchmarks/bench_step.py --optimizer`` (README,
+``bench/bench_adamw.py`` and ``bench/bench_step.py --optimizer`` (README,
 performance). All implementations compute the same update (to floating-point rounding), MIGU's
 strict mode included.
 """
@@ -13,10 +13,13 @@ strict mode included.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 from typing import Literal, get_args
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import get_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +70,34 @@ def build_adamw(
 
 def _fused_kernel_fits(p: torch.Tensor) -> bool:
     return torch.is_floating_point(p) and p.device.type in _FUSED_DEVICES
+
+
+# our schedule names (``train.schedule``) -> transformers.get_scheduler names
+_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    warmup_ratio: float,
+    total_steps: int,
+    start_step: int = 0,
+) -> LRScheduler:
+    """The learning-rate schedule over ``total_steps`` optimizer steps: linear warmup from 0 over
+    ``int(warmup_ratio * total_steps)`` steps, then ``constant``, ``linear`` decay to 0 or
+    ``cosine`` (half a cosine to 0). ``start_step``: where a stage that continues an optimization
+    begins on it (the schedule is moved there, as the earlier stages left it)."""
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"train.schedule must be one of {', '.join(_SCHEDULES)}, got {schedule!r}")
+    scheduler = get_scheduler(
+        _SCHEDULES[schedule],
+        optimizer,
+        num_warmup_steps=int(warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    if start_step:
+        with warnings.catch_warnings():  # stepping the schedule before any optimizer step, on purpose
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
+            for _ in range(start_step):
+                scheduler.step()
+    return scheduler
