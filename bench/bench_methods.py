@@ -1,6 +1,6 @@
 """What each CL method costs next to FT: training time and peak memory of one real run per method.
 
-Each method runs the real runner (``migu.runner.run.run``: its task hooks, EWC's Fisher passes,
+Each method runs the real runner (``migu.runner.execute.run``: its task hooks, EWC's Fisher passes,
 LwF's teacher, DER++'s buffer, OSF's decompositions, MIGU's masker, checkpoints) in a fresh
 process, on the same run config (default: the CPU proxy ``configs/cpu/standard_proxy.yaml``,
 shrunk by ``--train-n / --test-n / --length``), one method after another. FT runs first and again

@@ -1,8 +1,9 @@
 """Summaries of ``migu sweep`` directories for people: the method x MIGU table, ACC vs threshold, the
 components ablation, ACC across seeds (violins), ACC over another grid value.
 
-The grouping and the table are ``migu.runner.summary``'s, the same that ``migu sweep`` writes into
-summary.md, so the two can never disagree; this module adds the figures and the ablation tables.
+The grouping (``analysis.groups``) and the method table (``analysis.tables``) are the ones ``migu
+sweep`` writes into summary.md, so the two can never disagree; this module adds the figures and the
+ablation tables.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ _EPS = 1e-12
 # The statistic reads a layer output in token chunks of at most this many fp32 bytes: |y - b| never
 # exists at full size (no [N, d_out] fp32 copy of the output, also under bf16). On CPU the chunk
 # lives in one persistent scratch buffer (a fresh multi-MB allocation costs page faults); budgets
-# from 128 KB to 16 MB measured the same on MiniLM (README, performance).
+# from 128 KB to 16 MB gave the same step time on MiniLM (bench/bench_step.py).
 _CHUNK_BYTES_CPU = 4 << 20
 _CHUNK_BYTES_DEVICE = 64 << 20
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import TaskData
-from ..engine import MIGUConfig, attach
+from ..engine import Masker, MIGUConfig, attach
 from ..methods import CLMethod, StepContext, TaskContext
 from ..metrics import accuracy, macro_f1
 from ..models import ModelFamily
@@ -71,6 +71,145 @@ def check_split(batch_size: int, rows: int, processes: int, task: str) -> None:
         )
 
 
+@dataclass
+class _Setup:
+    """What one task's training runs on, prepared by Accelerate."""
+
+    model: nn.Module  # wrapped (DDP, autocast forward)
+    params: list[nn.Parameter]
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    masker: Masker | None
+    total: int  # optimizer steps of this task
+
+
+def _setup(
+    accelerator: Accelerator,
+    task: TaskContext,
+    family: ModelFamily,
+    method: CLMethod,
+    examples: Sequence[Any],
+    cfg: TrainConfig,
+    seed: int,
+    migu_config: MIGUConfig | None,
+    continuation: Continuation | None,
+    clusters: Mapping[str, torch.Tensor] | None,
+) -> _Setup:
+    """The seeded loader, AdamW (from the continued state if any), MIGU's masker and the schedule."""
+    model, task_name = task.model, task.task_name
+    check_split(cfg.batch_size, len(examples), accelerator.num_processes, task_name)
+    set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
+    loader = DataLoader(
+        list(examples),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=family.collate,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError(f"method {method.name!r} left no trainable parameters for task {task_name!r}")
+    optimizer = build_adamw(
+        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, impl=cfg.optimizer_impl
+    )
+    if continuation is not None and continuation.optimizer_state is not None:
+        optimizer.load_state_dict(continuation.optimizer_state)
+    masker = attach(model, migu_config, optimizer) if migu_config is not None else None
+    if masker is not None:
+        masker.task_index = task.task_index
+        if clusters:
+            masker.set_clusters(clusters)
+    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total = math.ceil(cfg.epochs * math.ceil(len(loader) / cfg.grad_accum))
+    if cfg.max_steps_per_task is not None:
+        total = min(total, cfg.max_steps_per_task)
+    horizon = continuation.total_steps if continuation is not None else total
+    start_step = continuation.start_step if continuation is not None else 0
+    # in optimizer steps: the runner's Accelerator splits batches, so its scheduler steps once per step
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_ratio, horizon, start_step)
+    scheduler = accelerator.prepare(scheduler)
+    return _Setup(wrapped, params, optimizer, scheduler, loader, masker, total)
+
+
+class _LossLog:
+    """Losses summed on device between log steps (no per-step host sync), read at log time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.running = torch.zeros((), device=device)
+        self.terms: dict[str, torch.Tensor] = {}
+        self.micro = 0
+        self.last_loss, self.last_terms = float("nan"), {}
+
+    def add(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
+        self.running += loss.detach().float()
+        self.micro += 1
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0) + v.detach().float()
+
+    def flush(self, accelerator: Accelerator, bar: Any, task_name: str, step: int) -> None:
+        n = max(self.micro, 1)
+        self.last_loss = self.running.item() / n  # host sync only at log time
+        self.last_terms = {k: float(v) / n for k, v in self.terms.items()}
+        bar.set_postfix(loss=f"{self.last_loss:.4f}", **{k: f"{v:.3g}" for k, v in self.last_terms.items()})
+        accelerator.log(
+            {
+                f"train/{task_name}/loss": self.last_loss,
+                **{f"train/{task_name}/{k}": v for k, v in self.last_terms.items()},
+            },
+            step=step,
+        )
+        self.running.zero_()
+        self.terms, self.micro = {}, 0
+
+
+def _optimizer_step(
+    accelerator: Accelerator,
+    run: _Setup,
+    method: CLMethod,
+    task: TaskContext,
+    cfg: TrainConfig,
+    guard: NonFiniteGuard,
+) -> None:
+    """Mask (MIGU), let the method adjust, clip, then step, unless the step is non-finite."""
+    if run.masker is not None:
+        run.masker.apply()  # MIGU: keep only the top-magnitude rows' gradients
+    method.before_optimizer_step(task)
+    if cfg.max_grad_norm:
+        norm = accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    else:
+        norm = grad_norm(run.params)
+    if guard.end_step(norm):
+        run.optimizer.step()
+        run.scheduler.step()
+    else:  # train.nonfinite: skip; the step keeps its place in the lr schedule
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+            run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _log_done(task: TaskContext, steps: int, seconds: float, losses: _LossLog, skipped: int) -> None:
+    if skipped:
+        log.warning(
+            "task %d %s: skipped %d of %d optimizer steps with a non-finite loss or gradient "
+            "(train.nonfinite: skip)",
+            task.task_index + 1,
+            task.task_name,
+            skipped,
+            steps,
+        )
+    log.info(
+        "task %d %s: %d steps in %.1fs, loss %.4f %s",
+        task.task_index + 1,
+        task.task_name,
+        steps,
+        seconds,
+        losses.last_loss,
+        losses.last_terms or "",
+    )
+
+
 def train_task(
     accelerator: Accelerator,
     task: TaskContext,
@@ -87,137 +226,57 @@ def train_task(
     time and the last losses. With ``continuation`` the optimizer starts from the given state and
     the learning-rate schedule from ``start_step`` of ``total_steps`` (a fresh optimizer and
     schedule per task otherwise). ``clusters``: MIGU+Cluster's assignments ({target name: [d_out]
-    cluster ids}, ``runner.clusters.task_clusters``), set on the masker."""
-    model, task_index, task_name = task.model, task.task_index, task.task_name
-    check_split(train_cfg.batch_size, len(examples), accelerator.num_processes, task_name)
-    set_seed(seed)  # per-task seed: a resumed run replays exactly the same task
-    loader = DataLoader(
-        list(examples),
-        batch_size=train_cfg.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        collate_fn=family.collate,
+    cluster ids}, ``runner.task_clusters.task_clusters``), set on the masker."""
+    task_index, task_name = task.task_index, task.task_name
+    run = _setup(
+        accelerator, task, family, method, examples, train_cfg, seed, migu_config, continuation, clusters
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise RuntimeError(f"method {method.name!r} left no trainable parameters for task {task_name!r}")
-    optimizer = build_adamw(
-        params,
-        lr=train_cfg.lr,
-        betas=train_cfg.betas,
-        weight_decay=train_cfg.weight_decay,
-        impl=train_cfg.optimizer_impl,
-    )
-    if continuation is not None and continuation.optimizer_state is not None:
-        optimizer.load_state_dict(continuation.optimizer_state)
-    masker = attach(model, migu_config, optimizer) if migu_config is not None else None
-    if masker is not None:
-        masker.task_index = task_index
-        if clusters:
-            masker.set_clusters(clusters)
-    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    total = math.ceil(train_cfg.epochs * math.ceil(len(loader) / train_cfg.grad_accum))
-    if train_cfg.max_steps_per_task is not None:
-        total = min(total, train_cfg.max_steps_per_task)
-    horizon = continuation.total_steps if continuation is not None else total
-    start_step = continuation.start_step if continuation is not None else 0
-    # in optimizer steps: the runner's Accelerator splits batches, so its scheduler steps once per step
-    scheduler = build_scheduler(optimizer, train_cfg.schedule, train_cfg.warmup_ratio, horizon, start_step)
-    scheduler = accelerator.prepare(scheduler)
-
-    wrapped.train()
-    step, micro, start = 0, 0, time.perf_counter()
-    running = torch.zeros((), device=accelerator.device)  # loss summed on device: no per-step sync
-    running_terms: dict[str, torch.Tensor] = {}
-    last_loss, last_terms = float("nan"), {}
+    run.model.train()
+    step, start = 0, time.perf_counter()
+    losses = _LossLog(accelerator.device)
     # inf/NaN losses and gradient norms, checked on device (runner/guard.py: no per-step host sync)
-    guard = NonFiniteGuard(accelerator.device, train_cfg.nonfinite, task_name, total)
+    guard = NonFiniteGuard(accelerator.device, train_cfg.nonfinite, task_name, run.total)
     bar = tqdm(
-        total=total, desc=f"task {task_index + 1} {task_name}", disable=not accelerator.is_local_main_process
+        total=run.total,
+        desc=f"task {task_index + 1} {task_name}",
+        disable=not accelerator.is_local_main_process,
     )
     try:
-        while step < total:
-            for batch in loader:
-                with accelerator.accumulate(wrapped):
-                    out = family.forward(wrapped, batch)
-                    loss = out.loss
-                    terms = method.step_loss(StepContext(task, wrapped, batch, out, step))
-                    total_loss = loss + sum(terms.values()) if terms else loss
+        while step < run.total:
+            for batch in run.loader:
+                with accelerator.accumulate(run.model):
+                    out = family.forward(run.model, batch)
+                    terms = method.step_loss(StepContext(task, run.model, batch, out, step))
+                    total_loss = out.loss + sum(terms.values()) if terms else out.loss
                     accelerator.backward(total_loss)
                     guard.add_loss(total_loss)
-                    running += loss.detach().float()
-                    micro += 1
-                    for k, v in terms.items():
-                        running_terms[k] = running_terms.get(k, 0) + v.detach().float()
+                    losses.add(out.loss, terms)
                     if accelerator.sync_gradients:
-                        if masker is not None:
-                            masker.apply()  # MIGU: keep only the top-magnitude rows' gradients
-                        method.before_optimizer_step(task)
-                        if train_cfg.max_grad_norm:
-                            norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
-                        else:
-                            norm = grad_norm(params)
-                        if guard.end_step(norm):
-                            optimizer.step()
-                            scheduler.step()
-                        else:  # train.nonfinite: skip; the step keeps its place in the lr schedule
-                            with warnings.catch_warnings():
-                                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-                                scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
+                        _optimizer_step(accelerator, run, method, task, train_cfg, guard)
                         step += 1
                         bar.update(1)
-                        if step % train_cfg.log_every == 0 or step == total:
+                        if step % train_cfg.log_every == 0 or step == run.total:
                             guard.check()  # stop: at the first log step after a non-finite one
-                            n = max(micro, 1)
-                            last_loss = running.item() / n  # host sync only at log time
-                            last_terms = {k: float(v) / n for k, v in running_terms.items()}
-                            bar.set_postfix(
-                                loss=f"{last_loss:.4f}", **{k: f"{v:.3g}" for k, v in last_terms.items()}
-                            )
-                            accelerator.log(
-                                {
-                                    f"train/{task_name}/loss": last_loss,
-                                    **{f"train/{task_name}/{k}": v for k, v in last_terms.items()},
-                                },
-                                step=step,
-                            )
-                            running.zero_()
-                            running_terms, micro = {}, 0
-                if step >= total:
+                            losses.flush(accelerator, bar, task_name, step)
+                if step >= run.total:
                     break
         guard.check()
-        guard.check_weights(params)  # before any caller can checkpoint them
+        guard.check_weights(run.params)  # before any caller can checkpoint them
     finally:
         bar.close()
-        if masker is not None:
-            masker.detach()
-    if guard.skipped:
-        log.warning(
-            "task %d %s: skipped %d of %d optimizer steps with a non-finite loss or gradient "
-            "(train.nonfinite: skip)",
-            task_index + 1,
-            task_name,
-            guard.skipped,
-            step,
-        )
+        if run.masker is not None:
+            run.masker.detach()
     # Undo this task's wrapping (DDP, autocast forward) and drop the optimizer/dataloader references:
     # the next task prepares afresh (IncLoRA adds parameters between tasks).
-    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
     accelerator.free_memory()
     seconds = time.perf_counter() - start
-    log.info(
-        "task %d %s: %d steps in %.1fs, loss %.4f %s",
-        task_index + 1,
-        task_name,
-        step,
-        seconds,
-        last_loss,
-        last_terms or "",
-    )
-    inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+    _log_done(task, step, seconds, losses, guard.skipped)
+    inner = run.optimizer.optimizer if hasattr(run.optimizer, "optimizer") else run.optimizer
     state = inner.state_dict() if continuation is not None else None
-    return TaskTrainResult(step, seconds, last_loss, last_terms, optimizer_state=state, skipped=guard.skipped)
+    return TaskTrainResult(
+        step, seconds, losses.last_loss, losses.last_terms, optimizer_state=state, skipped=guard.skipped
+    )
 
 
 @dataclass

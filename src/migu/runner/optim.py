@@ -1,13 +1,12 @@
 """The runner's optimizer, AdamW (by default on torch's fused kernel), and its learning-rate schedule.
 
-Why fused by default: it updates each tensor in one pass instead of torch's per-tensor chain of
-ops, and it sidesteps a CPU cost that MIGU itself causes. Rows that MIGU has masked since the start
-of a task have a second moment (``exp_avg_sq``) of exactly 0, and torch's CPU ``sqrt`` kernel is
-4-8x slower on exact zeros than on positive values; the for-loop and foreach AdamW take that
-``sqrt`` on every step, the fused kernel does not pay it. Measured with
-``bench/bench_adamw.py`` and ``bench/bench_step.py --optimizer`` (README,
-performance). All implementations compute the same update (to floating-point rounding), MIGU's
-strict mode included.
+Why fused by default: it updates each tensor in one pass instead of torch's per-tensor chain of ops,
+and it sidesteps a CPU cost that MIGU itself causes. Rows that MIGU has masked since the start of a
+task have a second moment (``exp_avg_sq``) of exactly 0, and torch's CPU ``sqrt`` kernel is 4-8x
+slower on exact zeros than on positive values; the for-loop and foreach AdamW take that ``sqrt`` on
+every step, the fused kernel does not pay it. Measured with ``bench/bench_adamw.py`` and
+``bench/bench_step.py --optimizer`` (docs/performance.md). All implementations compute the same
+update (to floating-point rounding), MIGU's strict mode included.
 """
 
 from __future__ import annotations
