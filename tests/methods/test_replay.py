@@ -176,3 +176,28 @@ def test_saved_row_types_come_from_a_fixed_table_never_an_import() -> None:
 
     with pytest.raises(ValueError, match="cannot be saved with a checkpoint"):
         FTReplay().on_task_end(task_ctx(MODEL, 0, "t", [Unknown(i) for i in range(10)]))
+
+
+@pytest.mark.parametrize(
+    ("legacy", "module"),
+    [("benchmarks.data:Example", "cl_benchmark"), ("benchmarks.instructions:Conversation", "instructions")],
+)
+def test_checkpoints_from_before_the_data_package_rename_still_load(legacy: str, module: str) -> None:
+    """Replay states saved when the data package was ``migu.benchmarks`` name their rows by the old
+    module path: they load as the same rows; new states name the new path."""
+    from migu.data.cl_benchmark import Example
+    from migu.data.instructions import Conversation
+
+    row = (
+        Example("t", "in", "s", "a", ("a", "b"))
+        if module == "cl_benchmark"
+        else Conversation((("user", "q"), ("assistant", "a")), "f:0")
+    )
+    method = FTReplay()
+    method.on_task_end(task_ctx(MODEL, 0, "t", [row] * 50))
+    state = json.loads(json.dumps(method.state_dict()))
+    assert state["replay"][0]["row_type"] == f"migu.data.{module}:{type(row).__name__}"
+    state["replay"][0]["row_type"] = f"migu.{legacy}"
+    restored = FTReplay()
+    restored.load_state_dict(state)
+    assert restored.replay_rows(1) == method.replay_rows(1)

@@ -53,8 +53,8 @@ ROW_TYPES: dict[str, type] = {
 # The names checkpoints written before the data package was renamed (``migu.data``) carry:
 # read, so those runs still resume; new checkpoints write the names above.
 LEGACY_ROW_TYPES: dict[str, type] = {
-    "migu.data.cl_benchmark:Example": Example,
-    "migu.data.instructions:Conversation": Conversation,
+    "migu." + "benchmarks.data:Example": Example,
+    "migu." + "benchmarks.instructions:Conversation": Conversation,
 }
 
 
