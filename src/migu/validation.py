@@ -13,10 +13,11 @@ not 1), and NaN or infinity is never a setting (an lr of NaN passes every range 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, is_dataclass
 from typing import Any, Literal
 
@@ -137,12 +138,51 @@ def check_strings(
     return tuple(value)
 
 
+def check_list(
+    value: Any,
+    field: str,
+    item: Callable[[Any, str], Any],
+    what: str,
+    *,
+    single: bool = False,
+    none: bool = False,
+) -> Any:
+    """A non-empty list (or tuple) whose every element passes ``item`` (one of the checks above,
+    called as ``item(element, field)``), as a tuple of what ``item`` returns; a lone element alone
+    where ``single``, None where ``none``. ``what`` names the elements: the message says ``a
+    non-empty list of <what>`` and shows the whole value."""
+    if value is None and none:
+        return None
+    given = value
+    if single and not isinstance(value, list | tuple):
+        value = (value,)
+    expected = f"a non-empty list of {what}" + (" or null" if none else "")
+    if not isinstance(value, list | tuple) or not value:
+        raise invalid(field, expected, given)
+    try:
+        return tuple(item(v, field) for v in value)
+    except ValidationError:
+        raise invalid(field, expected, given) from None
+
+
 def check_literals(obj: Any, where: str) -> None:
     """Every ``Literal``-annotated field of dataclass ``obj`` holds one of its choices (``where``:
     the prefix naming the section, e.g. ``train.``)."""
     for name, hint in typing.get_type_hints(type(obj)).items():
         if typing.get_origin(hint) is Literal:
             check_choice(getattr(obj, name), f"{where}{name}", typing.get_args(hint))
+
+
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """A ValidationError raised inside becomes a :class:`ConfigError` with the same message (what the
+    run, sweep and tune files report)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- typed building

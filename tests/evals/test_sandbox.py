@@ -291,11 +291,9 @@ def test_writes_outside_the_work_dir_are_blocked(box: Sandbox) -> None:
 
 
 _HELPER = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("sb", sys.argv[1])
-sb = importlib.util.module_from_spec(spec)
-sys.modules["sb"] = sb
-spec.loader.exec_module(sb)
+import sys
+sys.path.insert(0, sys.argv[1])  # this checkout's package (the sandbox imports migu.validation)
+from migu.evals import sandbox as sb
 result = sb.Sandbox(sb.SandboxConfig(timeout_s=5, workers=1)).run(sys.stdin.read())
 print(result.stdout + result.stderr)
 """
@@ -322,7 +320,7 @@ def test_parent_environment_is_not_readable(box: Sandbox, monkeypatch: pytest.Mo
     # /proc/<pid>/environ shows a process's environment from its start: run the sandbox from a
     # helper process that was started with the secret, as a real harness would be.
     helper = subprocess.run(
-        [sys.executable, "-c", _HELPER, sandbox_mod.__file__],
+        [sys.executable, "-c", _HELPER, str(Path(sandbox_mod.__file__).parents[2])],
         input=snoop,
         capture_output=True,
         text=True,

@@ -23,10 +23,16 @@ PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
     ("paper", "message"),
     [
         ({"source": " ", "values": {"acc": 1}}, "paper.source"),
-        ({"source": "x", "values": {}}, "paper.values must map"),
+        ({"source": "x", "values": {}}, "paper.values must be a mapping of at least one results metric"),
         ({"source": "x", "values": {"acc": "high"}}, "paper.values must be a mapping to numbers"),
-        ({"source": "x", "values": {"ACC": 1}}, "'ACC' is not a results metric"),
-        ({"source": "x", "values": {"acc": 101}}, "paper.values.acc: 101"),
+        (
+            {"source": "x", "values": {"ACC": 1}},
+            "paper.values must be keyed by results metric names (e.g. acc, final_mf1), got 'ACC'",
+        ),
+        (
+            {"source": "x", "values": {"acc": 101}},
+            "paper.values.acc must be a number in [-100, 100], got 101",
+        ),
         ({"source": "x", "value": {"acc": 1}}, "unknown key(s) ['value'] in paper"),
     ],
 )
@@ -118,7 +124,7 @@ def test_sweep_paper_table_goes_to_each_cell(tmp_path: Path) -> None:
         ("paper:\n  source: T2\n  values:\n    sgd: {base: 1}\n", r"paper.values: unknown CL method 'sgd'"),
         (
             "paper:\n  source: T2\n  values:\n    ft: {base: high}\n",
-            r"paper.values.ft.base must be a percentage",
+            r"paper.values.ft.base must be a number in \[-100, 100\], got \'high\'",
         ),
         ("paper:\n  source: T2\n  table: {}\n", r"paper must be a mapping with keys source, metric, values"),
     ],

@@ -41,7 +41,7 @@ def test_grid_expands_to_validated_cells(tmp_path: Path) -> None:
 def test_a_bad_cell_fails_before_anything_runs(tmp_path: Path) -> None:
     _write(tmp_path / "run.yaml", "tasks: [a]\n")
     sweep = _write(tmp_path / "sw.yaml", "base: run.yaml\ngrid:\n  train.lr: [0.1, -1]\n")
-    with pytest.raises(ConfigError, match=r"cell lr--1: .*train\.lr must be a positive number"):
+    with pytest.raises(ConfigError, match=r"cell lr--1: .*train\.lr must be a number > 0, got -1"):
         load_sweep(sweep)
     with pytest.raises(ConfigError, match="non-empty 'grid'"):
         load_sweep(_write(tmp_path / "none.yaml", "base: run.yaml\n"))

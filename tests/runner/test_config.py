@@ -81,7 +81,7 @@ def test_base_cycle(tmp_path: Path) -> None:
         ("train.betas=[0.9]", r"train\.betas must be a list of 2 numbers"),
         ("train.mixed_precision=fp16", r"train\.mixed_precision must be one of no, bf16"),
         ("migu.threshold=abc", r"migu\.threshold must be a number, got 'abc'"),
-        ("migu.threshold=1.5", r"migu: MIGUConfig\.threshold must be in \[0, 1\)"),
+        ("migu.threshold=1.5", r"migu: MIGUConfig\.threshold must be a number in \[0, 1\), got 1\.5"),
         ("migu.bogus=1", r"unknown key\(s\) \['bogus'\] in migu"),
         ("model.max_length=abc", r"model\.max_length must be an integer, got 'abc'"),
         ("model.bogus=1", r"unknown key\(s\) \['bogus'\] in model"),

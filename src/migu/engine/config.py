@@ -7,6 +7,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from ..validation import (
+    ValidationError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_literals,
+    check_number,
+    check_strings,
+    invalid,
+)
+
 Preset = Literal["paper", "official"]
 Mode = Literal["grad", "strict"]
 Cut = Literal["topk", "quantile"]
@@ -92,29 +103,18 @@ class ClusterConfig:
     when: When = "once"
 
     def __post_init__(self) -> None:
-        choices = {
-            "strategy": ("weight", "comagnitude"),
-            "partial": ("drop", "fill", "whole"),
-            "when": ("once", "each_task"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"ClusterConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        n = self.n_clusters
-        if isinstance(n, bool) or not isinstance(n, int | float):
-            raise ValueError(
-                f"ClusterConfig.n_clusters must be an int >= 1 or a fraction in (0, 1], got {n!r}"
-            )
-        if isinstance(n, int) and n < 1:
-            raise ValueError(f"ClusterConfig.n_clusters must be >= 1 as an int, got {n}")
-        if isinstance(n, float) and not 0.0 < n <= 1.0:
-            raise ValueError(f"ClusterConfig.n_clusters as a float is a fraction of d_out in (0, 1], got {n}")
-        if not isinstance(self.balanced, bool):
-            raise ValueError(f"ClusterConfig.balanced must be true or false, got {self.balanced!r}")
+        check_literals(self, "ClusterConfig.")
+        n, field = self.n_clusters, "ClusterConfig.n_clusters"
+        try:
+            if isinstance(n, float):
+                check_number(n, field, low=0.0, high=1.0, low_open=True)
+            else:
+                check_int(n, field, minimum=1)
+        except ValidationError:
+            raise invalid(field, "an integer >= 1 or a fraction of d_out in (0, 1]", n) from None
+        check_bool(self.balanced, "ClusterConfig.balanced")
         for key, low in (("seed", 0), ("n_init", 1), ("samples", 1)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"ClusterConfig.{key} must be an integer >= {low}, got {v!r}")
+            check_int(getattr(self, key), f"ClusterConfig.{key}", minimum=low)
 
     def clusters_for(self, d_out: int, name: str = "target") -> int:
         """The number of clusters of a target with ``d_out`` rows (ValueError naming it if > d_out)."""
@@ -183,46 +183,35 @@ class MIGUConfig:
     cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"MIGUConfig.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float):
-            raise ValueError(f"MIGUConfig.threshold must be a number in [0, 1), got {self.threshold!r}")
-        if not 0.0 <= float(self.threshold) < 1.0:
-            raise ValueError(
-                f"MIGUConfig.threshold must be in [0, 1) (the fraction of rows masked), got {self.threshold}"
-            )
-        self.threshold = float(self.threshold)
-        if self.mode not in ("grad", "strict"):
-            raise ValueError(f"MIGUConfig.mode must be 'grad' or 'strict', got {self.mode!r}")
+        check_choice(self.preset, "MIGUConfig.preset", tuple(PRESETS))
+        self.threshold = check_number(
+            self.threshold, "MIGUConfig.threshold", low=0.0, high=1.0, high_open=True
+        )
+        check_choice(self.mode, "MIGUConfig.mode", ("grad", "strict"))
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        if self.cut not in ("topk", "quantile"):
-            raise ValueError(f"MIGUConfig.cut must be 'topk' or 'quantile', got {self.cut!r}")
+        check_choice(self.cut, "MIGUConfig.cut", ("topk", "quantile"))
+        targets = "default, all-linear or a non-empty list of module-name patterns"
         if isinstance(self.targets, str):
             if self.targets not in ("default", "all-linear"):
-                raise ValueError(
-                    "MIGUConfig.targets must be 'default', 'all-linear' or a list of module-name patterns, "
-                    f"got {self.targets!r}"
-                )
-        elif isinstance(self.targets, list | tuple):
-            if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-                raise ValueError(f"MIGUConfig.targets list must hold non-empty strings, got {self.targets!r}")
-            self.targets = tuple(self.targets)
+                raise invalid("MIGUConfig.targets", targets, self.targets)
         else:
-            raise ValueError(f"MIGUConfig.targets has an unsupported type: {type(self.targets).__name__}")
-        comps = tuple(self.components) if not isinstance(self.components, str) else (self.components,)
-        bad = [c for c in comps if c not in COMPONENTS]
-        if bad or not comps:
-            raise ValueError(
-                f"MIGUConfig.components must be a non-empty subset of {COMPONENTS}, got {comps!r}"
-            )
+            try:
+                self.targets = check_strings(self.targets, "MIGUConfig.targets", single=False)
+            except ValidationError:
+                raise invalid("MIGUConfig.targets", targets, self.targets) from None
+        parts = f"a non-empty subset of {', '.join(COMPONENTS)}"
+        try:
+            comps = check_strings(self.components, "MIGUConfig.components")
+        except ValidationError:
+            raise invalid("MIGUConfig.components", parts, self.components) from None
+        if any(c not in COMPONENTS for c in comps):
+            raise invalid("MIGUConfig.components", parts, self.components)
         self.components = comps
         for key in ("normalize", "exclude_padding", "stat_bias", "skip_first_task", "mask_bias"):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"MIGUConfig.{key} must be true or false, got {getattr(self, key)!r}")
-        if not isinstance(self.sparse_backward, bool):
-            raise ValueError(f"MIGUConfig.sparse_backward must be a bool, got {self.sparse_backward!r}")
+            check_bool(getattr(self, key), f"MIGUConfig.{key}")
+        check_bool(self.sparse_backward, "MIGUConfig.sparse_backward")
         if self.sparse_backward and self.mode != "grad":
             raise ValueError(
                 "MIGUConfig.sparse_backward=True needs mode='grad': strict mode restores masked rows after "
@@ -237,9 +226,7 @@ class MIGUConfig:
             self.cluster = ClusterConfig.from_dict(self.cluster)
         if self.cluster is not None:
             if not isinstance(self.cluster, ClusterConfig):
-                raise ValueError(
-                    f"MIGUConfig.cluster must be a ClusterConfig, a mapping or None, got {self.cluster!r}"
-                )
+                raise invalid("MIGUConfig.cluster", "a ClusterConfig, a mapping or null", self.cluster)
             if self.sparse_backward:
                 raise ValueError(
                     "MIGUConfig.cluster cannot be combined with sparse_backward=True: the sparse backward "

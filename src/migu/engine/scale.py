@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..validation import check_choice, invalid
+
 log = logging.getLogger(__name__)
 
 # ZeRO stages whose gradients reach a tensor hook on the parameter in full (stage 3 gathers the
@@ -144,12 +146,10 @@ def check_deepspeed_config(config: dict[str, Any], mode: str = "grad") -> int:
     """
     zero = config.get("zero_optimization") or {}
     if not isinstance(zero, dict):
-        raise ValueError(f"DeepSpeed config: zero_optimization must be a mapping, got {zero!r}")
-    stage = zero.get("stage", 0)
-    if isinstance(stage, bool) or not isinstance(stage, int) or stage not in DEEPSPEED_STAGES:
-        raise ValueError(
-            f"MIGU supports DeepSpeed zero_optimization.stage in {DEEPSPEED_STAGES}, got {stage!r}"
-        )
+        raise invalid("DeepSpeed config: zero_optimization", "a mapping", zero)
+    stage = check_choice(
+        zero.get("stage", 0), "MIGU under DeepSpeed: zero_optimization.stage", DEEPSPEED_STAGES
+    )
     if mode == "strict":
         raise ValueError(
             "MIGUConfig.mode='strict' is not supported under DeepSpeed: the optimizer step runs inside "

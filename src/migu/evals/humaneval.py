@@ -15,13 +15,13 @@ torch and transformers are imported inside :func:`generate_completions` only.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..data.humaneval_problems import HumanEvalProblem, load_problems
+from ..validation import check_bool, check_int, check_list, check_number, invalid
 from .sandbox import Sandbox, SandboxConfig, SandboxInfo, SandboxResult
 
 if TYPE_CHECKING:
@@ -237,41 +237,31 @@ class HumanEvalConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_samples", "max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"HumanEvalConfig.{name} must be a positive integer, got {value!r}")
-        ks = (self.k,) if isinstance(self.k, int) else tuple(self.k)
-        if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-            raise ValueError(f"HumanEvalConfig.k must be positive integers, got {self.k!r}")
-        self.k = ks
-        if self.greedy is not None and not isinstance(self.greedy, bool):
-            raise ValueError(f"HumanEvalConfig.greedy must be None, true or false, got {self.greedy!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float):
-            raise ValueError(f"HumanEvalConfig.temperature must be a number > 0, got {self.temperature!r}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"HumanEvalConfig.temperature must be > 0, got {self.temperature}")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
-            raise ValueError(f"HumanEvalConfig.top_p must be in (0, 1], got {self.top_p!r}")
-        if self.limit is not None and (
-            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
-        ):
-            raise ValueError(f"HumanEvalConfig.limit must be a positive integer or None, got {self.limit!r}")
+            check_int(getattr(self, name), f"HumanEvalConfig.{name}", minimum=1)
+        self.k = check_list(
+            self.k,
+            "HumanEvalConfig.k",
+            lambda k, f: check_int(k, f, minimum=1),
+            "positive integers",
+            single=True,
+        )
+        check_bool(self.greedy, "HumanEvalConfig.greedy", none=True)
+        check_number(self.temperature, "HumanEvalConfig.temperature", low=0.0, low_open=True)
+        check_number(self.top_p, "HumanEvalConfig.top_p", low=0.0, high=1.0, low_open=True)
+        check_int(self.limit, "HumanEvalConfig.limit", minimum=1, none=True)
         if self.task_ids is not None:
             if isinstance(self.task_ids, str) or not all(isinstance(t, str) for t in self.task_ids):
-                raise ValueError(
-                    f"HumanEvalConfig.task_ids must be a list of task ids, got {self.task_ids!r}"
-                )
+                raise invalid("HumanEvalConfig.task_ids", "a list of task ids or null", self.task_ids)
             self.task_ids = tuple(self.task_ids)
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"HumanEvalConfig.stop must be a list of non-empty strings, got {self.stop!r}")
+            raise invalid("HumanEvalConfig.stop", "a list of non-empty strings", self.stop)
         self.stop = tuple(self.stop)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"HumanEvalConfig.seed must be an integer, got {self.seed!r}")
+        check_int(self.seed, "HumanEvalConfig.seed")
         if isinstance(self.sandbox, dict):
             self.sandbox = SandboxConfig(**self.sandbox)
         if not isinstance(self.sandbox, SandboxConfig):
-            raise ValueError(
-                f"HumanEvalConfig.sandbox must be a SandboxConfig, got {type(self.sandbox).__name__}"
+            raise invalid(
+                "HumanEvalConfig.sandbox", "a SandboxConfig or a mapping of its fields", self.sandbox
             )
         too_big = [k for k in self.k if k > self.n_samples]
         if too_big:

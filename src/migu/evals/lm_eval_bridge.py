@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import yaml
 
+from ..validation import check_bool, check_int, invalid
+
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
     from lm_eval.tasks import TaskManager
@@ -105,52 +107,52 @@ class LmEvalConfig:
     bootstrap_iters: int = 1000
 
     def __post_init__(self) -> None:
+        given = self.tasks
         if isinstance(self.tasks, str):
             self.tasks = (self.tasks,)
         self.tasks = tuple(self.tasks)
         if not self.tasks:
-            raise ValueError("LmEvalConfig.tasks: give at least one lm-eval task name")
+            raise invalid("LmEvalConfig.tasks", "a non-empty list of lm-eval task names", given)
         for name in self.tasks:
             if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
-                raise ValueError(f"LmEvalConfig.tasks: {name!r} is not a task name")
+                raise invalid(
+                    "LmEvalConfig.tasks",
+                    "a list of lm-eval task names (letters, digits, '_', '.', '-')",
+                    name,
+                )
         if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"LmEvalConfig.tasks: duplicate task names in {list(self.tasks)}")
+            raise invalid("LmEvalConfig.tasks", "a list of distinct lm-eval task names", list(self.tasks))
         if self.include_path is not None:
+            given = self.include_path
             paths = [self.include_path] if isinstance(self.include_path, str | Path) else self.include_path
             self.include_path = tuple(str(Path(p).expanduser()) for p in paths)
             if not self.include_path:
-                raise ValueError("LmEvalConfig.include_path: an empty list; use None for no local tasks")
-        if not isinstance(self.include_defaults, bool):
-            raise ValueError(f"LmEvalConfig.include_defaults must be a bool, got {self.include_defaults!r}")
-        _check_int("num_fewshot", self.num_fewshot, minimum=0)
-        if self.limit is not None:
-            _check_int("limit", self.limit, minimum=1)
-        _check_int("batch_size", self.batch_size, minimum=1)
-        if self.max_length is not None:
-            _check_int("max_length", self.max_length, minimum=1)
-        _check_int("bootstrap_iters", self.bootstrap_iters, minimum=0)
+                raise invalid(
+                    "LmEvalConfig.include_path", "one or more directories (null for no local tasks)", given
+                )
+        check_bool(self.include_defaults, "LmEvalConfig.include_defaults")
+        check_int(self.num_fewshot, "LmEvalConfig.num_fewshot", minimum=0)
+        check_int(self.limit, "LmEvalConfig.limit", minimum=1, none=True)
+        check_int(self.batch_size, "LmEvalConfig.batch_size", minimum=1)
+        check_int(self.max_length, "LmEvalConfig.max_length", minimum=1, none=True)
+        check_int(self.bootstrap_iters, "LmEvalConfig.bootstrap_iters", minimum=0)
         self.metric = _metric_tuple("metric", self.metric)
         self.task_metrics = {
             task: _metric_tuple(f"task_metrics[{task!r}]", names) for task, names in self.task_metrics.items()
         }
         unknown = sorted(set(self.task_metrics) - set(self.tasks))
         if unknown:
-            raise ValueError(f"LmEvalConfig.task_metrics: {unknown} are not in tasks {list(self.tasks)}")
+            raise invalid("LmEvalConfig.task_metrics", f"keyed by tasks in {list(self.tasks)}", unknown)
 
     def metrics_for(self, task: str) -> tuple[str, ...]:
         """The metric preference of one task."""
         return tuple(self.task_metrics.get(task, self.metric))
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"LmEvalConfig.{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _metric_tuple(name: str, value: str | Sequence[str]) -> tuple[str, ...]:
     names = (value,) if isinstance(value, str) else tuple(value)
     if not names or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"LmEvalConfig.{name}: give one or more metric names, got {value!r}")
+        raise invalid(f"LmEvalConfig.{name}", "one or more metric names", value)
     return names
 
 
@@ -476,7 +478,7 @@ def _check_rows(rows: Sequence[Mapping[str, Any]], what: str) -> list[dict[str, 
     for i, row in enumerate(rows):
         query, choices, gold = row.get("query"), row.get("choices"), row.get("gold")
         if not isinstance(query, str) or not query:
-            raise ValueError(f"{what}[{i}]: 'query' must be a non-empty string, got {query!r}")
+            raise invalid(f"{what}[{i}]: 'query'", "a non-empty string", query)
         if (
             not isinstance(choices, Sequence)
             or isinstance(choices, str)
@@ -484,13 +486,8 @@ def _check_rows(rows: Sequence[Mapping[str, Any]], what: str) -> list[dict[str, 
             or not all(isinstance(c, str) and c for c in choices)
             or len(set(choices)) != len(choices)
         ):
-            raise ValueError(
-                f"{what}[{i}]: 'choices' must be two or more distinct non-empty strings, got {choices!r}"
-            )
-        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
-            raise ValueError(
-                f"{what}[{i}]: 'gold' must index 'choices' (0..{len(choices) - 1}), got {gold!r}"
-            )
+            raise invalid(f"{what}[{i}]: 'choices'", "two or more distinct non-empty strings", choices)
+        check_int(gold, f"{what}[{i}]: 'gold'", minimum=0, maximum=len(choices) - 1)  # an index into choices
         out.append({**row, "choices": list(choices)})
     return out
 
@@ -658,8 +655,7 @@ def write_cl_benchmark_tasks(
     BoolQA's ``question: ...\\npassage: ...`` becomes ``<passage>\\nQuestion: <question>?\\nAnswer:``
     with the labels (``True`` / ``False``) as choices. Only ``out_dir`` is written; returns task -> YAML.
     """
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
-        raise ValueError(f"max_rows must be an int >= 1 or None, got {max_rows!r}")
+    check_int(max_rows, "max_rows", minimum=1, none=True)
     root = Path(cl_benchmark_root).expanduser()
     written = {}
     for task_name, folder, convert in (

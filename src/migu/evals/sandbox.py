@@ -54,7 +54,7 @@ What depends on the machine (probed once per process and recorded in :class:`San
 
 What is NOT isolated, in any mode:
 
-* filesystem reads: everything world-readable stays readable (the system, ``/work``, other
+* filesystem reads: everything world-readable stays readable (the system, the checkout, other
   users' world-readable files, ``/sys``); only ``/root``, the scratch directories and the
   untraversable directories hidden in mode ``"namespaces"`` are out of view;
 * filesystem writes are blocked by ordinary file permissions only (the dedicated uid owns nothing
@@ -93,6 +93,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+from ..validation import check_choice, check_int, check_number, invalid
 
 logger = logging.getLogger(__name__)
 
@@ -147,27 +149,20 @@ class SandboxConfig:
     python: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float):
-            raise ValueError(f"SandboxConfig.timeout_s must be a number of seconds, got {self.timeout_s!r}")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ValueError(f"SandboxConfig.timeout_s must be > 0 and finite, got {self.timeout_s}")
-        self.timeout_s = float(self.timeout_s)
+        self.timeout_s = check_number(self.timeout_s, "SandboxConfig.timeout_s", low=0.0, low_open=True)
         if self.cpu_s is None:
             self.cpu_s = max(1, math.ceil(self.timeout_s))
         minimum = {"cpu_s": 1, "memory_mb": 64, "max_procs": 1, "max_file_mb": 1, "max_open_files": 16}
-        minimum |= {"workers": 1, "uid_base": 1}
+        minimum |= {"workers": 1}
         for name, low in minimum.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"SandboxConfig.{name} must be an integer >= {low}, got {value!r}")
-        if self.uid_base + _UID_SPAN >= 2**31:
-            raise ValueError(f"SandboxConfig.uid_base must be below {2**31 - _UID_SPAN}, got {self.uid_base}")
-        if self.network not in NETWORK_MODES:
-            raise ValueError(f"SandboxConfig.network must be one of {NETWORK_MODES}, got {self.network!r}")
+            check_int(getattr(self, name), f"SandboxConfig.{name}", minimum=low)
+        # every uid leased (uid_base up to uid_base + _UID_SPAN) must be a valid 31-bit uid
+        check_int(self.uid_base, "SandboxConfig.uid_base", minimum=1, maximum=2**31 - _UID_SPAN - 1)
+        check_choice(self.network, "SandboxConfig.network", NETWORK_MODES)
         if self.python is not None and not (
             isinstance(self.python, str) and os.path.isabs(self.python) and os.path.isfile(self.python)
         ):
-            raise ValueError(f"SandboxConfig.python must be an absolute path to a file, got {self.python!r}")
+            raise invalid("SandboxConfig.python", "an absolute path to a file or null", self.python)
 
     def rlimits(self) -> dict[str, int]:
         """The limits as (resource name -> value) in the units of ``setrlimit``."""
@@ -755,8 +750,3 @@ def _classify(report: str, exited: bool, stdout: str, stderr: str, duration: flo
     if code == 127 and error_line:  # the launcher could not exec the sample
         return SandboxResult("error", None, None, stdout, stderr, duration, error_line[len("error ") :])
     return SandboxResult("passed" if code == 0 else "failed", code, None, stdout, stderr, duration)
-
-
-def run_programs(programs: Sequence[str], config: SandboxConfig | None = None) -> list[SandboxResult]:
-    """Convenience: ``Sandbox(config).run_many(programs)``."""
-    return Sandbox(config).run_many(programs)

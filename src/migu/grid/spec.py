@@ -33,6 +33,7 @@ import yaml
 from ..analysis.groups import grid_label, migu_grid_value
 from ..methods import get_method_class
 from ..runner.config import ConfigError, apply_overrides, build_run_config, read_yaml_config, yaml_load
+from ..validation import check_number, config_errors, invalid
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,11 @@ def _paper_table(path: str | Path, raw: Any) -> dict[str, Any] | None:
         return None
     where = f"{path}: paper"
     if not isinstance(raw, dict) or set(raw) - {"source", "metric", "values"}:
-        raise ConfigError(f"{where} must be a mapping with keys source, metric, values")
+        raise ConfigError(str(invalid(where, "a mapping with keys source, metric, values", raw)))
     values = raw.get("values")
     if not isinstance(values, dict) or not values:
-        raise ConfigError(
-            f"{where}.values must map method names to {{base: number, migu: number}} (base: without MIGU)"
-        )
+        expected = "a mapping of method names to {base: number, migu: number} (base: without MIGU)"
+        raise ConfigError(str(invalid(f"{where}.values", expected, values)))
     table: dict[str, dict[str, float]] = {}
     for method, pair in values.items():
         try:
@@ -71,13 +71,11 @@ def _paper_table(path: str | Path, raw: Any) -> dict[str, Any] | None:
         except ValueError as exc:
             raise ConfigError(f"{where}.values: {exc}") from None
         if not isinstance(pair, dict) or not pair or set(pair) - {"base", "migu"}:
-            raise ConfigError(
-                f"{where}.values.{method} must be a mapping with keys base (without MIGU) and/or migu, "
-                f"got {pair!r}"
-            )
-        for side, v in pair.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or not -100 <= v <= 100:
-                raise ConfigError(f"{where}.values.{method}.{side} must be a percentage, got {v!r}")
+            expected = "a mapping with keys base (without MIGU) and/or migu"
+            raise ConfigError(str(invalid(f"{where}.values.{method}", expected, pair)))
+        with config_errors():
+            for side, v in pair.items():
+                check_number(v, f"{where}.values.{method}.{side}", low=-100.0, high=100.0)
         table[canonical] = pair
     return {"source": raw.get("source", ""), "metric": raw.get("metric", "acc"), "values": table}
 
@@ -115,7 +113,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[st
     keys = list(grid)
     for k in keys:
         if not isinstance(grid[k], list) or not grid[k]:
-            raise ConfigError(f"{path}: grid.{k} must be a non-empty list")
+            raise ConfigError(str(invalid(f"{path}: grid.{k}", "a non-empty list", grid[k])))
     cells = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))

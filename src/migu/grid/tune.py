@@ -52,6 +52,7 @@ from ..runner.files import atomic_write_text
 from ..runner.plan import plan_run, resolve_regime
 from ..runner.results import METRICS, RESULTS_FILE, ResultsError, RunResults, load_results
 from ..runner.state import STATE_FILE, config_changes
+from ..validation import check_int, check_list, config_errors, invalid
 from .spec import Cell, load_sweep
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,8 @@ def _spec(path: str | Path) -> tuple[list[str], str, list[int] | None]:
     if isinstance(select, str):
         select = [select]
     if not isinstance(select, list) or not select or not all(isinstance(k, str) for k in select):
-        raise ConfigError(
-            f"{path}: a tune file needs 'select': the grid keys whose values are the candidates"
-        )
+        expected = "a non-empty list of grid keys (whose values are the candidates)"
+        raise ConfigError(str(invalid(f"{path}: select", expected, spec.get("select"))))
     grid = spec.get("grid") or {}
     unknown = [k for k in select if k not in grid]
     if unknown:
@@ -104,15 +104,15 @@ def _spec(path: str | Path) -> tuple[list[str], str, list[int] | None]:
     metric = spec.get("metric", "val_acc")
     if not isinstance(metric, str) or not metric.startswith("val_"):
         raise ConfigError(
-            f"{path}: metric must be a validation metric (val_acc, val_bwt, ...), got {metric!r}"
+            str(invalid(f"{path}: metric", "a validation metric (val_acc, val_bwt, ...)", metric))
         )
     test_seeds = spec.get("test_seeds")
-    if test_seeds is not None and (
-        not isinstance(test_seeds, list)
-        or not test_seeds
-        or not all(isinstance(x, int) and not isinstance(x, bool) for x in test_seeds)
-    ):
-        raise ConfigError(f"{path}: test_seeds must be a non-empty list of integer seeds, got {test_seeds!r}")
+    if test_seeds is not None and not isinstance(test_seeds, list):  # a tuple is not YAML
+        raise ConfigError(
+            str(invalid(f"{path}: test_seeds", "a non-empty list of integer seeds", test_seeds))
+        )
+    with config_errors():
+        check_list(test_seeds, f"{path}: test_seeds", check_int, "integer seeds", none=True)
     return select, metric, test_seeds
 
 

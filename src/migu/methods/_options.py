@@ -2,55 +2,63 @@
 
 Every method is a dataclass whose init fields (except ``options``) are its options;
 ``CLMethod.__post_init__`` merges ``options`` into them, calls ``validate()`` and records the
-resolved values.
+resolved values. The checks are ``migu.validation``'s, with the field named
+``method 'ewc': option 'ewc_lambda'``, so a message reads
+``method 'ewc': option 'ewc_lambda' must be a number >= 0, got -1.0``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+from .. import validation
 from .base import CLMethod
 
 
-def _bad(method: CLMethod, option: str, expected: str, value: Any) -> ValueError:
-    return ValueError(f"method {method.name!r}: option {option!r} must be {expected}, got {value!r}")
+def option_field(method: CLMethod, option: str) -> str:
+    """How a message names an option: ``method 'ewc': option 'ewc_lambda'``."""
+    return f"method {method.name!r}: option {option!r}"
 
 
 def check_int(method: CLMethod, option: str, minimum: int) -> int:
     """An integer >= minimum (bools refused: ``r: true`` in YAML is a typo, not 1)."""
-    value = getattr(method, option)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(method, option, f"an integer >= {minimum}", value)
-    return value
+    return validation.check_int(getattr(method, option), option_field(method, option), minimum=minimum)
 
 
 def check_float(
     method: CLMethod, option: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
 ) -> float:
-    """A finite number in the interval given (open or closed at each end); stored as float."""
-    value = getattr(method, option)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(method, option, "a number", value)
-    value = float(value)
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high):
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise _bad(method, option, f"in {interval}", value)
+    """A finite number in the interval given (open or closed at each end; ``math.inf``: no upper
+    bound); stored as float."""
+    value = validation.check_number(
+        getattr(method, option),
+        option_field(method, option),
+        low=None if low == -math.inf else low,
+        high=None if high == math.inf else high,
+        low_open=low_open,
+        high_open=high_open,
+    )
     setattr(method, option, value)
     return value
 
 
+def check_bool(method: CLMethod, option: str) -> bool:
+    """True or false (not 0/1, not "yes")."""
+    return validation.check_bool(getattr(method, option), option_field(method, option))
+
+
+def check_choice(method: CLMethod, option: str, choices: Sequence[Any]) -> Any:
+    """One of ``choices``."""
+    return validation.check_choice(getattr(method, option), option_field(method, option), choices)
+
+
 def check_names(method: CLMethod, option: str, *, allow_none: bool) -> tuple[str, ...] | None:
     """A non-empty list of non-empty module-name strings (or None where allowed); stored as a tuple."""
-    value = getattr(method, option)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) and v for v in value):
-        raise _bad(method, option, "a non-empty list of module names", value)
-    value = tuple(value)
-    setattr(method, option, value)
+    value = validation.check_strings(
+        getattr(method, option), option_field(method, option), what="module names", none=allow_none
+    )
+    if value is not None:
+        setattr(method, option, value)
     return value

@@ -95,8 +95,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..validation import invalid
 from ._encoder import UNITS, Encoder, capture_hidden, find_encoder, gated, mean_pool
-from ._options import check_float, check_int
+from ._options import check_bool, check_choice, check_float, check_int, option_field
 from .base import Batch, CLMethod, MethodNeeds, StepContext, TaskContext
 
 log = logging.getLogger(__name__)
@@ -291,17 +292,9 @@ class DAS(CLMethod):
         if self.importance_samples is not None:
             check_int(self, "importance_samples", 1)
         for flag in ("general_importance", "signed_importance", "last_domain_importance"):
-            value = getattr(self, flag)
-            if not isinstance(value, bool):
-                raise ValueError(
-                    f"method {self.name!r}: option {flag!r} must be true or false, not {value!r}"
-                )
-        for option, allowed in (("mlm_importance_input", MLM_INPUTS), ("head_grad_layout", LAYOUTS)):
-            if getattr(self, option) not in allowed:
-                raise ValueError(
-                    f"method {self.name!r}: option {option!r} must be one of {allowed}, "
-                    f"got {getattr(self, option)!r}"
-                )
+            check_bool(self, flag)
+        check_choice(self, "mlm_importance_input", MLM_INPUTS)
+        check_choice(self, "head_grad_layout", LAYOUTS)
         units = (self.units,) if isinstance(self.units, str) else self.units
         if (
             not isinstance(units, list | tuple)
@@ -309,9 +302,10 @@ class DAS(CLMethod):
             or any(u not in UNITS for u in units)
             or len(set(units)) != len(units)
         ):
-            raise ValueError(
-                f"method {self.name!r}: option 'units' must be a non-empty list of distinct names "
-                f"from {UNITS}, got {self.units!r}"
+            raise invalid(
+                option_field(self, "units"),
+                f"a non-empty list of distinct names from {', '.join(UNITS)}",
+                self.units,
             )
         self.units = tuple(u for u in UNITS if u in units)
 

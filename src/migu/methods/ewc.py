@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ._options import check_float, check_int
+from ._options import check_bool, check_float, check_int
 from .base import CLMethod, MethodNeeds, StepContext, TaskContext
 from .ft import FT
 from .lora import LoRA
@@ -139,12 +139,8 @@ class EWCMixin(CLMethod):
         check_int(self, "fisher_batch_size", 1)
         if self.fisher_samples is not None:
             check_int(self, "fisher_samples", 1)
-        for option in ("online", "last_task_fisher"):
-            value = getattr(self, option)
-            if not isinstance(value, bool):
-                raise ValueError(
-                    f"method {self.name!r}: option {option!r} must be true or false, got {value!r}"
-                )
+        check_bool(self, "online")
+        check_bool(self, "last_task_fisher")
 
     def on_run_start(self, seed: int) -> None:
         """The Fisher sample (``fisher_samples``) follows the run's seed."""

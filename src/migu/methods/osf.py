@@ -50,7 +50,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ._options import check_names
+from ..validation import check_list, check_number
+from ._options import check_names, option_field
 from .base import CLMethod, MethodNeeds, ModelInfo, TaskContext
 from .lora import match_modules
 
@@ -133,18 +134,13 @@ class OSF(CLMethod):
                 f"installed peft: {version}"
             )
         check_names(self, "target_modules", allow_none=True)
-        if self.preserved is not None:
-            value = self.preserved
-            ok = isinstance(value, list | tuple) and bool(value)
-            ok = ok and all(
-                not isinstance(v, bool) and isinstance(v, int | float) and 0.0 <= v < 1.0 for v in value
-            )
-            if not ok:
-                raise ValueError(
-                    f"method {self.name!r}: option 'preserved' must be a non-empty list of fractions in "
-                    f"[0, 1), one per task, got {value!r}"
-                )
-            self.preserved = tuple(float(v) for v in value)
+        self.preserved = check_list(
+            self.preserved,
+            option_field(self, "preserved"),
+            lambda v, field: check_number(v, field, low=0.0, high=1.0, high_open=True),
+            "fractions in [0, 1) (one per task)",
+            none=True,
+        )
 
     # ------------------------------------------------------------------ structure
     def preserved_fraction(self, task_index: int, n_tasks: int | None) -> float:

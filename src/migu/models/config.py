@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..validation import check_choice, check_int, invalid
+
 FAMILIES = ("auto", "encoder", "seq2seq", "causal")
 EVAL_MODES = ("rank", "generate")
 DTYPES = ("fp32", "bf16")
@@ -62,11 +64,13 @@ def _check_name(field_name: str, name: str) -> None:
     if os.path.isdir(os.path.expanduser(name)):
         return
     if _looks_like_path(name):
-        raise ValueError(f"{field_name}={name!r}: no such directory")
+        raise invalid(field_name, "an existing directory", name)
     if not _HUB_ID.match(name):
-        raise ValueError(
-            f"{field_name}={name!r} is not a known alias ({', '.join(['minilm', *HUB_ALIASES])}), "
-            "an existing directory, or a hub id like 'org/model'"
+        raise invalid(
+            field_name,
+            f"a known alias ({', '.join(['minilm', *HUB_ALIASES])}), an existing directory, "
+            "or a hub id like 'org/model'",
+            name,
         )
 
 
@@ -78,16 +82,6 @@ def resolve_model_name(name: str) -> str:
         return HUB_ALIASES[name]
     expanded = os.path.expanduser(name)
     return expanded if os.path.isdir(expanded) else name
-
-
-def _check_int(field_name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{field_name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_choice(field_name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{field_name} must be one of {choices}, got {value!r}")
 
 
 @dataclass
@@ -110,23 +104,24 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+            raise invalid("name", "a non-empty string", self.name)
         _check_name("name", self.name)
-        _check_choice("family", self.family, FAMILIES)
-        _check_int("max_length", self.max_length, 1)
-        _check_int("max_target_length", self.max_target_length, 1)
-        _check_choice("eval_mode", self.eval_mode, EVAL_MODES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("pooling", self.pooling, POOLINGS)
+        check_choice(self.family, "family", FAMILIES)
+        check_int(self.max_length, "max_length", minimum=1)
+        check_int(self.max_target_length, "max_target_length", minimum=1)
+        check_choice(self.eval_mode, "eval_mode", EVAL_MODES)
+        check_choice(self.dtype, "dtype", DTYPES)
+        check_choice(self.pooling, "pooling", POOLINGS)
         init = self.random_init
         if init is not None and not (isinstance(init, dict) and isinstance(init.get("model_type"), str)):
-            raise ValueError(
-                "random_init must be a dict with a 'model_type' string (AutoConfig.for_model kwargs), "
-                f"got {init!r}"
+            raise invalid(
+                "random_init",
+                "a mapping with a 'model_type' string (AutoConfig.for_model kwargs) or null",
+                init,
             )
         if self.tokenizer is not None:
             if not isinstance(self.tokenizer, str) or not self.tokenizer.strip():
-                raise ValueError(f"tokenizer must be a non-empty string or None, got {self.tokenizer!r}")
+                raise invalid("tokenizer", "a non-empty string or null", self.tokenizer)
             _check_name("tokenizer", self.tokenizer)
 
     @property

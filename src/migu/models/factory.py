@@ -23,6 +23,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from ..validation import invalid
 from .base import FamilyName, ModelFamily
 from .config import ModelConfig, resolve_model_name
 from .encoder import EncoderClassifier, EncoderFamily
@@ -133,15 +134,13 @@ def build_family(config: ModelConfig, label_space: Sequence[str]) -> ModelFamily
     """
     labels = list(dict.fromkeys(label_space))
     if not labels or not all(isinstance(lab, str) and lab for lab in labels):
-        raise ValueError(
-            f"label_space must be a non-empty sequence of non-empty strings, got {label_space!r}"
-        )
+        raise invalid("label_space", "a non-empty sequence of non-empty strings", label_space)
     hf_config = model_config(config)
     family: FamilyName = detect_family(hf_config) if config.family == "auto" else config.family
     _check_family(family, hf_config)
     if family == "encoder" and config.eval_mode != "rank":
-        raise ValueError(
-            f"eval_mode={config.eval_mode!r} needs a generative family; the encoder family ranks"
+        raise invalid(
+            "eval_mode", "rank for the encoder family (generate needs a generative family)", config.eval_mode
         )
     tokenizer = load_tokenizer(config)
     vocab = getattr(hf_config, "vocab_size", None)

@@ -29,7 +29,17 @@ import yaml
 from ..engine import MIGUConfig
 from ..methods import get_method, get_method_class
 from ..models import ModelConfig
-from ..validation import ConfigError, build_dataclass, check_literals
+from ..validation import (
+    ConfigError,
+    build_dataclass,
+    check_choice,
+    check_int,
+    check_list,
+    check_literals,
+    check_number,
+    config_errors,
+    invalid,
+)
 from .optim import OptimizerImpl
 
 
@@ -75,19 +85,17 @@ class DataConfig:
     eval_split: str = "test"
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)  # {task: {train_n:, test_n:, val_n:}}
 
+    @config_errors()
     def __post_init__(self) -> None:
         if not self.eval_on or len(set(self.eval_on)) != len(self.eval_on):
-            raise ConfigError(f"data.eval_on must list test and/or val once each, got {self.eval_on!r}")
+            raise invalid("data.eval_on", "a list of test and/or val, each once", self.eval_on)
         if "val" in self.eval_on and self.val_n is None:
             raise ConfigError(
                 "data.eval_on includes val but data.val_n is not set (how many validation rows?)"
             )
         for key in ("train_n", "test_n", "val_n"):
-            v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise ConfigError(f"data.{key} must be a positive integer or null, got {v!r}")
-        if self.eval_split not in ("test", "dev"):
-            raise ConfigError(f"data.eval_split must be 'test' or 'dev', got {self.eval_split!r}")
+            check_int(getattr(self, key), f"data.{key}", minimum=1, none=True)
+        check_choice(self.eval_split, "data.eval_split", ("test", "dev"))
         for task, opts in self.per_task.items():
             bad = set(opts) - {"train_n", "test_n", "val_n"}
             if bad:
@@ -117,36 +125,26 @@ class TrainConfig:
     # checkpoint) or skip that step's update (counted per stage); see runner/guard.py
     nonfinite: Literal["stop", "skip"] = "stop"
 
+    @config_errors()
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "lr": self.lr,
-            "eval_batch_size": self.eval_batch_size,
-            "log_every": self.log_every,
-        }
-        for key, v in positive.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-                raise ConfigError(f"train.{key} must be a positive number, got {v!r}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.max_grad_norm is not None and self.max_grad_norm < 0:
-            raise ConfigError(
-                f"train.max_grad_norm must be >= 0 or null (0/null: no clipping), got {self.max_grad_norm}"
-            )
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        for key in ("epochs", "lr"):
+            check_number(getattr(self, key), f"train.{key}", low=0.0, low_open=True)
+        for key in ("batch_size", "grad_accum", "eval_batch_size", "log_every"):
+            check_int(getattr(self, key), f"train.{key}", minimum=1)
+        check_number(self.warmup_ratio, "train.warmup_ratio", low=0.0, high=1.0, high_open=True)
+        check_number(self.weight_decay, "train.weight_decay", low=0.0)
+        check_number(self.max_grad_norm, "train.max_grad_norm", low=0.0, none=True)
+        betas = check_list(
+            self.betas,
+            "train.betas",
+            lambda b, f: check_number(b, f, low=0.0, high=1.0, high_open=True),
+            "two numbers in [0, 1)",
+        )
+        if len(betas) != 2:
+            raise invalid("train.betas", "a list of two numbers in [0, 1)", self.betas)
+        self.betas = betas
         check_literals(self, "train.")
-        if len(self.betas) != 2:
-            raise ConfigError(f"train.betas must be two numbers, got {self.betas!r}")
-        if self.max_steps_per_task is not None and self.max_steps_per_task <= 0:
-            raise ConfigError(
-                f"train.max_steps_per_task must be positive or null, got {self.max_steps_per_task}"
-            )
+        check_int(self.max_steps_per_task, "train.max_steps_per_task", minimum=1, none=True)
 
 
 @dataclass
@@ -171,16 +169,15 @@ class EndTaskConfig:
     eval_batch_size: int = 64
     max_steps: int | None = None  # cap per end task (smoke runs)
 
+    @config_errors()
     def __post_init__(self) -> None:
-        for key in ("lr", "batch_size", "max_length", "eval_batch_size"):
-            v = getattr(self, key)
-            if v <= 0:
-                raise ConfigError(f"pretrain.end_task.{key} must be positive, got {v!r}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"pretrain.end_task.epochs must be positive or null, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"pretrain.end_task.max_steps must be positive or null, got {self.max_steps}")
-        check_literals(self, "pretrain.end_task.")
+        where = "pretrain.end_task."
+        check_number(self.lr, f"{where}lr", low=0.0, low_open=True)
+        for key in ("batch_size", "max_length", "eval_batch_size"):
+            check_int(getattr(self, key), f"{where}{key}", minimum=1)
+        check_number(self.epochs, f"{where}epochs", low=0.0, low_open=True, none=True)
+        check_int(self.max_steps, f"{where}max_steps", minimum=1, none=True)
+        check_literals(self, where)
 
 
 @dataclass
@@ -202,17 +199,16 @@ class PretrainConfig:
     # recipe, seed and versions were scored before (every run of a seed repeats them); one process only
     reuse_reference: bool = True
 
+    @config_errors()
     def __post_init__(self) -> None:
         if self.steps_per_domain is not None and self.samples_per_domain is not None:
             raise ConfigError("pretrain: give steps_per_domain or samples_per_domain, not both")
         for key in ("steps_per_domain", "samples_per_domain"):
-            v = getattr(self, key)
-            if v is not None and v <= 0:
-                raise ConfigError(f"pretrain.{key} must be positive or null, got {v}")
-        if self.block_size < 8:
-            raise ConfigError(f"pretrain.block_size must be >= 8 tokens, got {self.block_size}")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ConfigError(f"pretrain.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+            check_int(getattr(self, key), f"pretrain.{key}", minimum=1, none=True)
+        check_int(self.block_size, "pretrain.block_size", minimum=8)
+        check_number(
+            self.mlm_probability, "pretrain.mlm_probability", low=0.0, high=1.0, low_open=True, high_open=True
+        )
         check_literals(self, "pretrain.")
 
     def steps(self, batch_size: int, grad_accum: int) -> int | None:
@@ -243,10 +239,11 @@ class InstructConfig:
     # data root into the cache and add them to general.include_path: an offline general probe
     cl_benchmark_probes: bool = False
 
+    @config_errors()
     def __post_init__(self) -> None:
         check_literals(self, "instruct.")
-        if self.max_new_tokens <= 0 or self.eval_batch_size <= 0:
-            raise ConfigError("instruct.max_new_tokens and instruct.eval_batch_size must be positive")
+        check_int(self.max_new_tokens, "instruct.max_new_tokens", minimum=1)
+        check_int(self.eval_batch_size, "instruct.eval_batch_size", minimum=1)
         from ..evals import HumanEvalConfig  # standard library only: cheap
         from ..evals.lm_eval_bridge import LmEvalConfig
 
@@ -274,16 +271,20 @@ class PaperConfig:
     source: str = ""
     values: dict[str, float] = field(default_factory=dict)
 
+    @config_errors()
     def __post_init__(self) -> None:
-        if not self.source.strip():
-            raise ConfigError("paper.source must say where the published number comes from")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise invalid(
+                "paper.source", "where the published number comes from (a non-empty string)", self.source
+            )
         if not self.values:
-            raise ConfigError("paper.values must map at least one results metric to its published value")
+            raise invalid(
+                "paper.values", "a mapping of at least one results metric to its published value", self.values
+            )
         for k, v in self.values.items():
-            if not re.fullmatch(r"[a-z][a-z0-9_@.]*", k):
-                raise ConfigError(f"paper.values: {k!r} is not a results metric name (e.g. acc, final_mf1)")
-            if not math.isfinite(v) or not -100.0 <= v <= 100.0:
-                raise ConfigError(f"paper.values.{k}: {v} is not a percentage in [-100, 100]")
+            if not isinstance(k, str) or not re.fullmatch(r"[a-z][a-z0-9_@.]*", k):
+                raise invalid("paper.values", "keyed by results metric names (e.g. acc, final_mf1)", k)
+            check_number(v, f"paper.values.{k}", low=-100.0, high=100.0)
 
 
 @dataclass
@@ -314,11 +315,12 @@ class RunConfig:
     tensorboard: bool = False
     paper: PaperConfig | None = None  # the published number(s) this config reproduces
 
+    @config_errors()
     def __post_init__(self) -> None:
         if (self.order is None) == (self.tasks is None):
             raise ConfigError("config must give exactly one of 'order' (a registry name) or 'tasks' (a list)")
         if self.tasks is not None and not self.tasks:
-            raise ConfigError("tasks must be a non-empty list of task names")
+            raise invalid("tasks", "a non-empty list of task names", self.tasks)
         if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
             dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
             raise ConfigError(f"tasks lists {dup} more than once: each task is one stage of the order")
