@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..data.provenance import saved_rows_digest
 from ..engine import COMPONENTS
 from ..methods import list_methods
 from ..runner.results import RESULTS_FILE, ResultsError, RunResults, load_results
@@ -118,9 +119,8 @@ def _grid_keys(sweep: SweepDir) -> set[str]:
 def _eval_rows(res: RunResults) -> dict[str, Any]:
     """Task -> digest of the rows it was scored on (empty for results that predate the digests)."""
     out = {}
-    for task, info in res.per_task.items():
-        split = info.get("eval_split") if isinstance(info, dict) else None
-        digest = (info.get(split) or {}).get("index_digest") if split else None
+    for task, entry in res.per_task.items():
+        digest = saved_rows_digest(entry)  # None for pretrain runs' domain records
         if digest is not None:
             out[task] = digest
     return out

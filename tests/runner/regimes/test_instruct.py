@@ -167,3 +167,18 @@ def test_the_cpu_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "plot/learning_forgetting.png").stat().st_size > 0 and len(out.curves) == 1
     saved = json.loads((tmp_path / "run/results.json").read_text())
     assert saved["regime"] == "instruct"
+
+
+def test_a_set_made_from_a_task_lists_the_tasks_files(tmp_path: Path, tok_dir: str) -> None:
+    from migu.data.corpus import file_sha256
+    from migu.data.instructions import load_instruction_set
+    from migu.runner.regimes import InstructStages
+
+    root = write_benchmark(tmp_path / "CL_Benchmark")
+    data = load_instruction_set("demo_agnews", root, seed=3)
+    assert data.task_provenance is not None and data.info["task"] == data.task_provenance.to_json()
+    stages = InstructStages(_config(root, tok_dir), [data])
+    d = root / "TC/agnews"
+    assert stages.data_files() == {
+        str(d / f): file_sha256(d / f) for f in ("labels.json", "train.json", "test.json")
+    }

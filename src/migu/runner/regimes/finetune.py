@@ -12,7 +12,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from ...data import TaskData, load_tasks
+from ...data import TaskData, TaskProvenance, load_tasks
 from ...data.corpus import file_sha256
 from ...metrics import summarize
 from ...models import ModelFamily, build_family
@@ -116,12 +116,13 @@ class FinetuneStages(Stages):
         return self.correct or None
 
     def info(self) -> dict[str, Any]:
-        return {t.name: t.info for t in self._tasks}
+        return {t.name: _provenance(t).to_json() for t in self._tasks}
 
     def data_files(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for t in self._tasks:
-            d = Path(t.info["root"]) / t.info["path"]
-            for name in ("labels.json", t.info["train"]["source"], t.info["test"]["source"]):
-                out[str(d / name)] = file_sha256(d / name)
-        return out
+        return {str(f): file_sha256(f) for t in self._tasks for f in _provenance(t).data_files()}
+
+
+def _provenance(task: TaskData) -> TaskProvenance:
+    if task.provenance is None:  # load_tasks records one for every task; other TaskData is no stage
+        raise TypeError(f"task {task.name!r} has no CL_Benchmark provenance (not made by load_task)")
+    return task.provenance

@@ -173,19 +173,7 @@ class InstructStages(Stages):
         return {s.name: s.info for s in self.sets}
 
     def data_files(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for s in self.sets:
-            for f in s.files:
-                out[str(f)] = file_sha256(f)
-            if s.spec.from_task is not None:
-                d = Path(s.info["task"]["root"]) / s.info["task"]["path"]
-                for name in (
-                    "labels.json",
-                    s.info["task"]["train"]["source"],
-                    s.info["task"]["test"]["source"],
-                ):
-                    out[str(d / name)] = file_sha256(d / name)
-        return out
+        return {str(f): file_sha256(f) for s in self.sets for f in s.data_files()}
 
 
 def _general_config(config: RunConfig, root: Path) -> dict[str, Any] | None:
