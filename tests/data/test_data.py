@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-import migu.data.cl_benchmark as cl
+import migu.data.cl_files as cl_files
+import migu.data.splits as splits
 from migu.data import (
     DataError,
     Example,
@@ -405,17 +406,17 @@ def test_validation_when_train_itself_is_carved_from_test(bench: Path) -> None:
 # --- load_task's steps, each on its own -----------------------------------------------------------
 
 
-def _rows(prefix: str, n: int, labels: list[str] = AG_LABELS, start: int = 0) -> list[cl._Row]:
-    return [cl._Row(start + i, f"{prefix} {i}", labels[i % len(labels)]) for i in range(n)]
+def _rows(prefix: str, n: int, labels: list[str] = AG_LABELS, start: int = 0) -> list[cl_files.Row]:
+    return [cl_files.Row(start + i, f"{prefix} {i}", labels[i % len(labels)]) for i in range(n)]
 
 
-def _found(tmp_path: Path, **raw: list[cl._Row]) -> cl._TaskFiles:
+def _found(tmp_path: Path, **raw: list[cl_files.Row]) -> cl_files.TaskFiles:
     d = tmp_path / "TC/agnews"
     files = {"train": d / "train.json", "test": d / "test.json"}
-    return cl._TaskFiles(tmp_path, d, tuple(AG_LABELS), files, raw)
+    return cl_files.TaskFiles(tmp_path, d, tuple(AG_LABELS), files, raw)
 
 
-def _request(**kw: Any) -> cl._Request:
+def _request(**kw: Any) -> splits.Request:
     base: dict[str, Any] = dict(
         train_n=None,
         test_n=None,
@@ -425,7 +426,7 @@ def _request(**kw: Any) -> cl._Request:
         keep_unlabeled=False,
         eval_fraction=0.2,
     )
-    return cl._Request(**{**base, **kw})
+    return splits.Request(**{**base, **kw})
 
 
 @pytest.mark.parametrize(
@@ -442,27 +443,27 @@ def _request(**kw: Any) -> cl._Request:
 )
 def test_check_args_raises_data_error_with_the_loader_wording(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(DataError) as err:
-        cl._check_args("agnews", _request(**kw))
+        splits.check_args("agnews", _request(**kw))
     assert type(err.value) is DataError and str(err.value) == message
-    cl._check_args("agnews", _request(train_n=1, test_n=2, val_n=3, eval_split="dev", eval_fraction=0.5))
+    splits.check_args("agnews", _request(train_n=1, test_n=2, val_n=3, eval_split="dev", eval_fraction=0.5))
 
 
 def test_read_task_reads_labels_and_only_the_splits_present(bench: Path) -> None:
-    found = cl._read_task(get_task("dbpedia"), bench, "test")
+    found = cl_files.read_task(get_task("dbpedia"), bench, "test")
     assert (
         found.labels == ("Company", "Artist") and list(found.raw) == ["test"] and len(found.raw["test"]) == 50
     )
     assert found.files["train"].name == "train.json" and found.task_dir == bench / "TC/dbpedia"
-    assert list(cl._read_task(get_task("agnews"), bench, "test").raw) == ["train", "test"]
+    assert list(cl_files.read_task(get_task("agnews"), bench, "test").raw) == ["train", "test"]
 
 
 def test_pools_as_shipped_handle_unlabeled_rows_per_role(tmp_path: Path) -> None:
-    unl = [cl._Row(90 + i, f"no gold {i}", "-") for i in range(2)]
+    unl = [cl_files.Row(90 + i, f"no gold {i}", "-") for i in range(2)]
     found = _found(tmp_path, train=_rows("tr", 6) + unl[:1], test=_rows("te", 4) + unl)
-    dropped = cl._pools_as_shipped(found, keep_unlabeled=False)
+    dropped = splits.pools_as_shipped(found, keep_unlabeled=False)
     assert dropped.dropped == {"train": 1, "test": 2} and dropped.kept_unlabeled == 0
     assert all(r.label != "-" for role in ("train", "test") for r in dropped.rows[role])
-    kept = cl._pools_as_shipped(found, keep_unlabeled=True)
+    kept = splits.pools_as_shipped(found, keep_unlabeled=True)
     assert (
         kept.dropped == {"train": 1, "test": 0} and kept.kept_unlabeled == 2 and len(kept.rows["test"]) == 6
     )
@@ -471,10 +472,10 @@ def test_pools_as_shipped_handle_unlabeled_rows_per_role(tmp_path: Path) -> None
 
 
 def test_carve_is_disjoint_by_sentence_text_with_duplicates_dropped(tmp_path: Path) -> None:
-    dupes = [cl._Row(100 + i, "tr 0", "World") for i in range(5)]  # five copies of row 0's sentence
-    unl = [cl._Row(200, "no gold", "-")]
+    dupes = [cl_files.Row(100 + i, "tr 0", "World") for i in range(5)]  # five copies of row 0's sentence
+    unl = [cl_files.Row(200, "no gold", "-")]
     found = _found(tmp_path, train=_rows("tr", 30) + dupes + unl)
-    pools = cl._carve_pools("agnews", found, _request(train_n=10, test_n=8, seed=3, keep_unlabeled=True))
+    pools = splits.carve_pools("agnews", found, _request(train_n=10, test_n=8, seed=3, keep_unlabeled=True))
     train, test = ({r.sentence for r in pools.rows[role]} for role in ("train", "test"))
     # both sizes given: train gets its 10, the evaluation pool the rest (test_n is drawn from it later)
     assert not train & test and len(train) == 10 and len(test) == 20 + 1  # the "-" row is eval-only
@@ -487,58 +488,60 @@ def test_carve_is_disjoint_by_sentence_text_with_duplicates_dropped(tmp_path: Pa
         "test.json",
     )
     assert carved.pool == 30 and carved.duplicates_dropped == 5 and carved.test_pool == 21 and carved.disjoint
-    again = cl._carve_pools("agnews", found, _request(train_n=10, test_n=8, seed=3, keep_unlabeled=True))
+    again = splits.carve_pools("agnews", found, _request(train_n=10, test_n=8, seed=3, keep_unlabeled=True))
     assert again == pools  # seeded
-    room = cl._carve_pools("agnews", found, _request(train_n=10, test_n=8, val_n=5))
+    room = splits.carve_pools("agnews", found, _request(train_n=10, test_n=8, val_n=5))
     assert len(room.rows["train"]) == 15  # room left for the validation rows carved later
 
 
 def test_val_from_train_is_disjoint_from_what_is_left_to_train_on() -> None:
-    pool = _rows("tr", 20) + [cl._Row(50 + i, f"tr {i}", "World") for i in range(0, 20, 2)]  # 10 duplicates
-    val, left, cap = cl._val_from_train("agnews", pool, 6, seed=4)
+    pool = _rows("tr", 20) + [
+        cl_files.Row(50 + i, f"tr {i}", "World") for i in range(0, 20, 2)
+    ]  # 10 duplicates
+    val, left, cap = splits.val_from_train("agnews", pool, 6, seed=4)
     assert len(val) == 6 and cap is None
     assert not {r.sentence for r in val} & {r.sentence for r in left}  # duplicates of val rows left too
     assert len(left) + sum(1 for r in pool if r.sentence in {v.sentence for v in val}) == len(pool)
-    assert cl._val_from_train("agnews", pool, 6, seed=4) == (val, left, cap)  # seeded
-    _, left, cap = cl._val_from_train("agnews", _rows("x", 3), 5, seed=4)
-    assert len(left) == 1 and cap == cl.CapRecord("val", 5, 2, 2)  # one training row always stays
+    assert splits.val_from_train("agnews", pool, 6, seed=4) == (val, left, cap)  # seeded
+    _, left, cap = splits.val_from_train("agnews", _rows("x", 3), 5, seed=4)
+    assert len(left) == 1 and cap == splits.CapRecord("val", 5, 2, 2)  # one training row always stays
 
 
 def test_take_validation_prefers_a_distinct_dev_json(tmp_path: Path) -> None:
     found = _found(tmp_path, train=_rows("tr", 12), test=_rows("te", 6))
     found.task_dir.mkdir(parents=True)
     (found.task_dir / "test.json").write_text(json.dumps([{"sentence": "te 0", "label": "World"}]))
-    pools = cl._pools_as_shipped(found, keep_unlabeled=False)
-    none = cl._take_validation("agnews", found, pools, _request())
+    pools = splits.pools_as_shipped(found, keep_unlabeled=False)
+    none = splits.take_validation("agnews", found, pools, _request())
     assert none.rows == [] and none.record is None and none.train_pool == pools.rows["train"]
-    carved = cl._take_validation("agnews", found, pools, _request(val_n=4))
+    carved = splits.take_validation("agnews", found, pools, _request(val_n=4))
     assert carved.record is not None and carved.record.source == "carved from the training pool (no dev.json)"
     assert len(carved.train_pool) == 8 and not {r.sentence for r in carved.rows} & {
         r.sentence for r in carved.train_pool
     }
     (found.task_dir / "dev.json").write_text(json.dumps(rows("dev", 5, AG_LABELS)))
-    dev = cl._take_validation("agnews", found, pools, _request(val_n=4))
+    dev = splits.take_validation("agnews", found, pools, _request(val_n=4))
     assert dev.record is not None and dev.record.source == "dev.json" and not dev.record.carved_from_train
     assert dev.train_pool == pools.rows["train"] and all(r.sentence.startswith("dev") for r in dev.rows)
     (found.task_dir / "dev.json").write_bytes((found.task_dir / "test.json").read_bytes())
-    copy = cl._take_validation("agnews", found, pools, _request(val_n=4))
+    copy = splits.take_validation("agnews", found, pools, _request(val_n=4))
     assert copy.record is not None and "copy of the evaluation file" in copy.record.source
 
 
 def test_sample_roles_is_seeded_capped_and_independent_per_role(caplog: pytest.LogCaptureFixture) -> None:
     pools = {"train": _rows("tr", 20), "test": _rows("te", 10)}
-    chosen, capped = cl._sample_roles("agnews", pools, _request(train_n=5, test_n=4), carved=False)
+    chosen, capped = splits.sample_roles("agnews", pools, _request(train_n=5, test_n=4), carved=False)
     assert [len(chosen["train"]), len(chosen["test"])] == [5, 4] and capped == []
     assert len({r.index for r in chosen["train"]}) == 5  # without replacement
     assert [r.index for r in chosen["train"]] == sorted(r.index for r in chosen["train"])  # file order
-    other, _ = cl._sample_roles("agnews", pools, _request(train_n=5, test_n=9), carved=False)
+    other, _ = splits.sample_roles("agnews", pools, _request(train_n=5, test_n=9), carved=False)
     assert other["train"] == chosen["train"]  # the train draw does not depend on test_n
     with caplog.at_level(logging.WARNING, logger="migu.data"):
-        big, capped = cl._sample_roles("agnews", pools, _request(train_n=50), carved=False)
+        big, capped = splits.sample_roles("agnews", pools, _request(train_n=50), carved=False)
     assert (
         len(big["train"]) == 20
-        and capped == [cl.CapRecord("train", 50, 20, 20)]
+        and capped == [splits.CapRecord("train", 50, 20, 20)]
         and "train_n=50" in caplog.text
     )
-    clipped, capped = cl._sample_roles("agnews", pools, _request(train_n=50), carved=True)
+    clipped, capped = splits.sample_roles("agnews", pools, _request(train_n=50), carved=True)
     assert len(clipped["train"]) == 20 and capped == []  # the carving recorded it already

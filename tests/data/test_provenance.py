@@ -12,6 +12,7 @@ import pytest
 from support.data import AG_LABELS, rows, write_benchmark
 
 import migu.data.cl_benchmark as cl
+import migu.data.cl_files as cl_files
 from migu.data import DataError, TaskProvenance, load_task, load_tasks, saved_rows_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,13 +189,13 @@ def test_data_files_are_exactly_the_files_read(
     ]
     # and they are the files the loader parses, no more, no fewer
     parsed: list[Path] = []
-    real = cl._read_json
+    real = cl_files.read_json
 
     def recording(path: Path) -> Any:
         parsed.append(path)
         return real(path)
 
-    monkeypatch.setattr(cl, "_read_json", recording)
+    monkeypatch.setattr(cl_files, "read_json", recording)
     for name, kwargs in (("agnews", {"val_n": 4}), ("amazon", {"val_n": 4}), ("agnews", {})):
         parsed.clear()
         task = load_task(name, root, **kwargs)

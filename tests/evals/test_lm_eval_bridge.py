@@ -27,16 +27,13 @@ from support.models import tiny_llama as _tiny_llama
 from support.models import word_tokenizer
 
 from migu.evals.lm_eval_bridge import (
-    BOOLQA_TASK,
-    COPA_TASK,
     LmEvalConfig,
     LmEvalTaskError,
     check_tasks,
     evaluate_general,
     offline_hub,
-    write_cl_benchmark_tasks,
-    write_local_mc_task,
 )
+from migu.evals.lm_eval_tasks import BOOLQA_TASK, COPA_TASK, write_cl_benchmark_tasks, write_local_mc_task
 
 # Every word of the queries and choices below: the tokenizer's whole vocabulary (plus specials).
 VOCAB_TEXT = (

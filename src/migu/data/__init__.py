@@ -1,17 +1,10 @@
-"""Continual-learning benchmarks: the task, domain and order registry, the CL_Benchmark reader, and
-the domain corpora of continual pre-training."""
+"""Where rows come from: the task, domain, instruction-set and order registry, the CL_Benchmark
+reader (``cl_files``: reading, ``splits``: pools, carving, validation rows, samples,
+``cl_benchmark``: ``load_task``), the rows' provenance, domain corpora and instruction sets."""
 
-from .cl_benchmark import (
-    ENV_VAR,
-    UNLABELED,
-    DataError,
-    Example,
-    TaskData,
-    format_prompt,
-    load_task,
-    load_tasks,
-    resolve_data_root,
-)
+from .cl_benchmark import Example, TaskData, format_prompt, load_task, load_tasks
+from .cl_files import ENV_VAR, UNLABELED, resolve_data_root
+from .errors import DataError
 from .provenance import (
     CapRecord,
     CarveRecord,

@@ -28,7 +28,9 @@ from typing import Any, Protocol
 
 import torch
 
-from .cl_benchmark import SPLITS, DataError, Example, TaskData, _read_labels, _read_split, load_task
+from .cl_benchmark import Example, TaskData, load_task
+from .cl_files import SPLITS, read_labels, read_split
+from .errors import DataError
 from .registry import DomainSpec, EndTaskSpec, get_domain, get_task
 
 log = logging.getLogger(__name__)
@@ -172,14 +174,14 @@ def _end_task_from_dir(domain: str, spec: EndTaskSpec, root: Path) -> TaskData:
         raise DataError(f"domain {domain!r}: end-task directory {d} not found")
     name = f"{domain}/end_task"
     if spec.format == "cl_benchmark":
-        labels = _read_labels(d / "labels.json")
-        split = {role: _read_split(d / f"{role}.json", labels) for role in ("train", "test")}
+        labels = read_labels(d / "labels.json")
+        split = {role: read_split(d / f"{role}.json", labels) for role in ("train", "test")}
         rows = {role: [(r.sentence, r.label) for r in split[role]] for role in split}
     else:
         raw = {role: _jsonl_rows(d / f"{role}.jsonl") for role in ("train", "test")}
         labels_file = d / "labels.json"
         labels = (
-            _read_labels(labels_file)
+            read_labels(labels_file)
             if labels_file.is_file()
             else tuple(sorted({str(r["label"]) for r in raw["train"]}))
         )
@@ -223,14 +225,14 @@ def _carved_corpus(
     """The task's rows (every split file, deduplicated by text) not used by the end task, sampled."""
     spec = get_task(task)
     d = root / spec.path
-    labels = _read_labels(d / "labels.json")
+    labels = read_labels(d / "labels.json")
     pool: dict[str, None] = {}
     files = []
     for split in SPLITS:
         path = d / f"{split}.json"
         if path.is_file():
             files.append(path.name)
-            for r in _read_split(path, labels):
+            for r in read_split(path, labels):
                 pool.setdefault(r.sentence, None)
     used = {e.sentence for e in end.train} | {e.sentence for e in end.test}
     spare = [t for t in pool if t not in used]

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cl_benchmark import DataError, load_task
+from .cl_benchmark import load_task
+from .errors import DataError
 from .humaneval_problems import load_problems
 from .provenance import TaskProvenance
 from .registry import InstructionSetSpec, get_set

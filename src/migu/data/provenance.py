@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import DataError
+
 
 def _bad(what: str, err: Exception) -> ValueError:
-    from .cl_benchmark import DataError  # the loader's error; imported late (it imports this module)
-
     missing = f"no {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
     return DataError(f"not a task provenance record ({what}): {missing}")
 

@@ -35,9 +35,10 @@ from typing import Any
 
 import yaml
 
-from ..analysis.effects import effects_table, paired_effects
+from ..analysis.effects import Effect, effects_table, paired_effects
 from ..analysis.groups import (
     SWEEP_FILE,
+    Group,
     MIGUSetting,
     SweepCell,
     SweepDir,
@@ -324,6 +325,21 @@ def write_tune_summary(
         "effects": [asdict(e) for e in effects],
     }
     atomic_write_text(out / "tune_summary.json", json.dumps(summary, indent=1))
+    text = _tune_markdown(name, choices, groups, effects, select, metric)
+    atomic_write_text(out / "tune_summary.md", text)
+    summary["markdown"] = text
+    return summary
+
+
+def _tune_markdown(
+    name: str,
+    choices: list[Choice],
+    groups: list[Group],
+    effects: list[Effect],
+    select: list[str],
+    metric: str,
+) -> str:
+    """tune_summary.md: every candidate on validation, the choices, the test table, MIGU's effects."""
     lines = [
         f"# Tuning: {name}",
         "",
@@ -371,7 +387,4 @@ def write_tune_summary(
                 f"{', '.join(apart)}: without and with MIGU chose different {', '.join(select)}, so each "
                 "effect compares the two as tuned, each at its own best, not MIGU at one fixed value.",
             ]
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(out / "tune_summary.md", text)
-    summary["markdown"] = text
-    return summary
+    return "\n".join(lines) + "\n"

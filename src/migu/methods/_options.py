@@ -13,7 +13,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .. import validation
+from ..validation import check_bool as _bool
+from ..validation import check_choice as _choice
+from ..validation import check_int as _int
+from ..validation import check_number as _number
+from ..validation import check_strings as _strings
 from .base import CLMethod
 
 
@@ -24,7 +28,7 @@ def option_field(method: CLMethod, option: str) -> str:
 
 def check_int(method: CLMethod, option: str, minimum: int) -> int:
     """An integer >= minimum (bools refused: ``r: true`` in YAML is a typo, not 1)."""
-    return validation.check_int(getattr(method, option), option_field(method, option), minimum=minimum)
+    return _int(getattr(method, option), option_field(method, option), minimum=minimum)
 
 
 def check_float(
@@ -32,7 +36,7 @@ def check_float(
 ) -> float:
     """A finite number in the interval given (open or closed at each end; ``math.inf``: no upper
     bound); stored as float."""
-    value = validation.check_number(
+    value = _number(
         getattr(method, option),
         option_field(method, option),
         low=None if low == -math.inf else low,
@@ -46,17 +50,17 @@ def check_float(
 
 def check_bool(method: CLMethod, option: str) -> bool:
     """True or false (not 0/1, not "yes")."""
-    return validation.check_bool(getattr(method, option), option_field(method, option))
+    return _bool(getattr(method, option), option_field(method, option))
 
 
 def check_choice(method: CLMethod, option: str, choices: Sequence[Any]) -> Any:
     """One of ``choices``."""
-    return validation.check_choice(getattr(method, option), option_field(method, option), choices)
+    return _choice(getattr(method, option), option_field(method, option), choices)
 
 
 def check_names(method: CLMethod, option: str, *, allow_none: bool) -> tuple[str, ...] | None:
     """A non-empty list of non-empty module-name strings (or None where allowed); stored as a tuple."""
-    value = validation.check_strings(
+    value = _strings(
         getattr(method, option), option_field(method, option), what="module names", none=allow_none
     )
     if value is not None:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from support.data import write_benchmark
 from support.models import word_tokenizer
 
-from migu.evals.lm_eval_bridge import write_local_mc_task
+from migu.evals.lm_eval_tasks import write_local_mc_task
 from migu.runner import loop as loop_mod
 from migu.runner.config import ConfigError, RunConfig, build_run_config
 from migu.runner.execute import run

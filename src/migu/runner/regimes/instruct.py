@@ -181,7 +181,7 @@ def _general_config(config: RunConfig, root: Path) -> dict[str, Any] | None:
     general = config.instruct.general
     if general is None or not config.instruct.cl_benchmark_probes:
         return general
-    from ...evals.lm_eval_bridge import write_cl_benchmark_tasks
+    from ...evals.lm_eval_tasks import write_cl_benchmark_tasks
 
     where = (
         default_cache_dir() / "lm_eval_tasks" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
