@@ -14,9 +14,9 @@ Standard library only: the analysis commands read saved results without loading 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import DataError
 
@@ -26,8 +26,28 @@ def _bad(what: str, err: Exception) -> ValueError:
     return DataError(f"not a task provenance record ({what}): {missing}")
 
 
+class _Flat:
+    """A record of plain values whose JSON is its fields in order (``_KEYS`` renames a field's
+    key; a field in ``_OPTIONAL`` may be missing from saved results that predate it)."""
+
+    _KEYS: ClassVar[dict[str, str]] = {}
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {self._KEYS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Any:
+        """The record saved by :meth:`to_json` (KeyError naming a missing key)."""
+        kwargs = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            key = cls._KEYS.get(f.name, f.name)
+            kwargs[f.name] = d.get(key) if f.name in cls._OPTIONAL else d[key]
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
-class SplitProvenance:
+class SplitProvenance(_Flat):
     """One role's rows (``train`` or ``test``, the evaluation rows): the file they came from, how many
     it had, how many were eligible (``pool``: after unlabelled rows, carving and validation), asked
     for and used, and a digest of the row indices used, so two runs can be shown to share rows."""
@@ -40,32 +60,11 @@ class SplitProvenance:
     unlabeled_dropped: int
     index_digest: str | None = None  # None only in a record read from results that predate it
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "available": self.available,
-            "pool": self.pool,
-            "requested": self.requested,
-            "used": self.used,
-            "unlabeled_dropped": self.unlabeled_dropped,
-            "index_digest": self.index_digest,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> SplitProvenance:
-        return cls(
-            d["source"],
-            d["available"],
-            d["pool"],
-            d["requested"],
-            d["used"],
-            d["unlabeled_dropped"],
-            d.get("index_digest"),
-        )
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"index_digest"})
 
 
 @dataclass(frozen=True)
-class CarveRecord:
+class CarveRecord(_Flat):
     """How a lone split on disk was shared between both roles: seeded, disjoint by sentence text
     (duplicate sentences dropped from the pool first)."""
 
@@ -80,38 +79,11 @@ class CarveRecord:
     duplicates_dropped: int
     disjoint: bool = True
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "from": self.source,
-            "missing": self.missing,
-            "seed": self.seed,
-            "eval_fraction": self.eval_fraction,
-            "pool": self.pool,
-            "train_pool": self.train_pool,
-            "test_pool": self.test_pool,
-            "duplicates_dropped": self.duplicates_dropped,
-            "disjoint": self.disjoint,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> CarveRecord:
-        return cls(
-            d["role"],
-            d["from"],
-            d["missing"],
-            d["seed"],
-            d["eval_fraction"],
-            d["pool"],
-            d["train_pool"],
-            d["test_pool"],
-            d["duplicates_dropped"],
-            d["disjoint"],
-        )
+    _KEYS: ClassVar[dict[str, str]] = {"source": "from"}
 
 
 @dataclass(frozen=True)
-class CapRecord:
+class CapRecord(_Flat):
     """A size request that did not fit what was available, and what was used instead."""
 
     role: str  # "train", "test" or "val"
@@ -119,21 +91,9 @@ class CapRecord:
     available: int
     used: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "requested": self.requested,
-            "available": self.available,
-            "used": self.used,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> CapRecord:
-        return cls(d["role"], d["requested"], d["available"], d["used"])
-
 
 @dataclass(frozen=True)
-class ValProvenance:
+class ValProvenance(_Flat):
     """The validation rows: from a ``dev.json`` that is not a copy of the evaluation file, else carved
     out of the training pool (``source`` then says why, in words)."""
 
@@ -146,30 +106,7 @@ class ValProvenance:
     index_digest: str | None
     overlap_with_test: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "pool": self.pool,
-            "carved_from_train": self.carved_from_train,
-            "requested": self.requested,
-            "used": self.used,
-            "seed": self.seed,
-            "index_digest": self.index_digest,
-            "overlap_with_test": self.overlap_with_test,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> ValProvenance:
-        return cls(
-            d["source"],
-            d["pool"],
-            d["carved_from_train"],
-            d["requested"],
-            d["used"],
-            d["seed"],
-            d.get("index_digest"),
-            d["overlap_with_test"],
-        )
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"index_digest"})
 
 
 @dataclass(frozen=True)
@@ -218,23 +155,19 @@ class TaskProvenance:
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
 
     def to_json(self) -> dict[str, Any]:
-        """The dict results store (``per_task``): the loader's historical keys, in their order."""
-        return {
-            "task": self.task,
-            "category": self.category,
-            "path": self.path,
-            "root": self.root,
-            "seed": self.seed,
-            "eval_split": self.eval_split,
-            "train": self.train.to_json(),
-            "test": self.test.to_json(),
-            "carved": self.carved.to_json() if self.carved is not None else None,
-            "capped": [c.to_json() for c in self.capped],
-            "unlabeled_dropped": self.unlabeled_dropped,
-            "unlabeled_kept": self.unlabeled_kept,
-            "train_test_overlap": self.train_test_overlap,
-            "val": self.val.to_json() if self.val is not None else None,
-        }
+        """The dict results store (``per_task``): the fields in order, records as their JSON, and
+        the dropped-row total before ``unlabeled_kept`` (the loader's historical key order)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "unlabeled_kept":
+                out["unlabeled_dropped"] = self.unlabeled_dropped
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [v.to_json() for v in value]
+            elif isinstance(value, _Flat):
+                value = value.to_json()
+            out[f.name] = value
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TaskProvenance:

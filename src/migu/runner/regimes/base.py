@@ -38,10 +38,14 @@ class Stages(ABC):
         self.config = config
         self.names = list(names)  # stage names = matrix columns, in training order
 
+    # the data registry listing this regime's stage names (None: it claims no ``tasks:`` list)
+    registry: ClassVar[Callable[[], Sequence[str]] | None] = None
+
     @classmethod
     def claims(cls, names: Sequence[str]) -> bool:
         """Whether a ``tasks:`` list of these names is an order of this regime's stages."""
-        return False
+        known = set(cls.registry()) if cls.registry is not None else set()
+        return bool(names) and all(n.lower() in known for n in names)
 
     @classmethod
     @abstractmethod

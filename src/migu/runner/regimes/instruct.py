@@ -36,11 +36,7 @@ class InstructStages(Stages):
 
     regime = "instruct"
     metrics = ("score", "general")
-
-    @classmethod
-    def claims(cls, names: Sequence[str]) -> bool:
-        sets = set(list_sets())
-        return bool(names) and all(n.lower() in sets for n in names)
+    registry = staticmethod(list_sets)
 
     @classmethod
     def load(cls, config: RunConfig, names: Sequence[str], root: Path) -> InstructStages:

@@ -51,11 +51,7 @@ class PretrainStages(Stages):
 
     regime = "pretrain"
     metrics = ("mf1", "acc")
-
-    @classmethod
-    def claims(cls, names: Sequence[str]) -> bool:
-        domains = set(list_domains())
-        return bool(names) and all(n.lower() in domains for n in names)
+    registry = staticmethod(list_domains)
 
     @classmethod
     def load(cls, config: RunConfig, names: Sequence[str], root: Path) -> PretrainStages:
