@@ -115,3 +115,10 @@ def test_no_import_cycle_between_modules() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_every_source_folder_is_a_package() -> None:
+    """A folder without __init__.py is a namespace package: setuptools' find leaves it out of the wheel."""
+    folders = {p.parent for p in SRC.rglob("*.py")}
+    missing = sorted(str(f.relative_to(SRC.parent)) for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, f"add __init__.py to {missing}"
